@@ -1,0 +1,113 @@
+"""``python -m regptq_lite``: train, eval, report.
+
+Bad input never ends in a traceback: one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """Bad input from the command line: reported in one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .train import train
+
+    card = train(
+        args.model,
+        iters=args.iters,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        threads=args.threads,
+        out=args.out,
+        command=" ".join(["python -m regptq_lite", *map(shlex.quote, sys.argv[1:])]),
+    )
+    print(json.dumps(card, indent=2))
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from .coco_eval import evaluate
+    from .detectors import load_checkpoint
+    from .scenes import SceneSet
+
+    model, _ = load_checkpoint(args.model, args.checkpoint)
+    metrics = evaluate(model, SceneSet("val"))
+    if args.json:
+        print(json.dumps({"model": args.model, **metrics}))
+    else:
+        print(
+            f"{args.model}: AP {metrics['AP']:.1f}  AP50 {metrics['AP50']:.1f}  AP75 {metrics['AP75']:.1f}"
+            f"  ({metrics['images']} validation images)"
+        )
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from .report import build_report
+
+    print(f"wrote {build_report(args.out)}")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from .detectors import MODELS
+    from .report import REPORTS_DIR
+
+    parser = _Parser(prog="python -m regptq_lite", description="Reg-PTQ workbook commands.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train the FP detector from scratch (deterministic)")
+    p.add_argument("--model", default="tiny_retinanet", choices=sorted(MODELS))
+    p.add_argument("--iters", type=_positive_int, default=1500)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (fixed for reproducibility)")
+    p.add_argument("--out", type=Path, default=None, help="checkpoint path (default: the shipped one)")
+    p.set_defaults(run=_cmd_train)
+
+    p = sub.add_parser("eval", help="COCO metrics of the FP detector on the validation scenes")
+    p.add_argument("--model", default="tiny_retinanet", choices=sorted(MODELS))
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_cmd_eval)
+
+    p = sub.add_parser("report", help="write the HTML report to reports/")
+    p.add_argument("--out", type=Path, default=REPORTS_DIR)
+    p.set_defaults(run=_cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .detectors import CheckpointError
+
+    try:
+        args = make_parser().parse_args(argv)
+        args.run(args)
+    except (UsageError, CheckpointError, ValueError, FileNotFoundError) as err:
+        print(f"regptq_lite: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("regptq_lite: interrupted", file=sys.stderr)
+        return 130
+    return 0

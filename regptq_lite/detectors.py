@@ -1,0 +1,152 @@
+"""Detectors by name, and the shipped checkpoint.
+
+``build_model(name)`` returns a detector and the transform that turns an H x W x 3 uint8
+image into the tensor it expects. The tiny RetinaNet is torchvision's ``RetinaNet`` class
+with a small BatchNorm ResNet-style backbone and an FPN, anchors matched to the scenes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import FeaturePyramidNetwork
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from .scenes import CLASSES, IMAGE_SIZE, to_tensor
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+CHECKPOINTS = {"tiny_retinanet": DATA_DIR / "tiny_retinanet.pt"}
+
+Transform = Callable[[np.ndarray], torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable or does not fit the model."""
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            bn=nn.BatchNorm2d(cout),
+            relu=nn.ReLU(inplace=True),
+        )
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity shortcut (the addition stays in float)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + x)
+
+
+class TinyBackbone(nn.Module):
+    """Stem + four stages (strides 4..32); returns C3, C4, C5 through an FPN with a max-pooled P6."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 96, 128), fpn_channels: int = 64) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, widths[0], stride=2)
+        self.layer1 = nn.Sequential(_conv_bn(widths[0], widths[1], 2), BasicBlock(widths[1]))
+        self.layer2 = nn.Sequential(_conv_bn(widths[1], widths[2], 2), BasicBlock(widths[2]))
+        self.layer3 = nn.Sequential(_conv_bn(widths[2], widths[3], 2), BasicBlock(widths[3]))
+        self.layer4 = nn.Sequential(_conv_bn(widths[3], widths[4], 2), BasicBlock(widths[4]))
+        self.fpn = FeaturePyramidNetwork(list(widths[2:]), fpn_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = fpn_channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        c3 = self.layer2(self.layer1(self.stem(x)))
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return self.fpn(OrderedDict([("p3", c3), ("p4", c4), ("p5", c5)]))
+
+
+def tiny_anchor_generator() -> AnchorGenerator:
+    """Anchors for strides 8, 16, 32, 64: sizes 12 to ~150 px, aspect ratios 1:2, 1:1, 2:1."""
+    sizes = tuple(tuple(base * 2 ** (i / 3) for i in range(3)) for base in (12, 24, 48, 96))
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+
+
+def tiny_retinanet() -> RetinaNet:
+    """The tiny RetinaNet: ~1.2 M parameters, inputs 128 x 128 in [0, 1]."""
+    return RetinaNet(
+        TinyBackbone(),
+        num_classes=len(CLASSES) + 1,
+        min_size=IMAGE_SIZE,
+        max_size=IMAGE_SIZE,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.25, 0.25, 0.25],
+        anchor_generator=tiny_anchor_generator(),
+        score_thresh=0.05,
+        detections_per_img=100,
+    )
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {"tiny_retinanet": tiny_retinanet}
+
+
+def build_model(name: str) -> tuple[nn.Module, Transform]:
+    """A fresh detector by name and its input transform (uint8 image -> float tensor)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    torch.manual_seed(0)
+    return MODELS[name](), to_tensor
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def card_path(checkpoint: Path) -> Path:
+    """The JSON card that sits beside a checkpoint."""
+    return checkpoint.with_suffix(".json")
+
+
+def load_checkpoint(name: str = "tiny_retinanet", path: str | Path | None = None) -> tuple[nn.Module, Transform]:
+    """Build ``name`` and load its weights from ``path`` (default: the shipped checkpoint); eval mode."""
+    model, transform = build_model(name)
+    path = Path(path) if path is not None else CHECKPOINTS.get(name)
+    if path is None:
+        raise CheckpointError(f"no shipped checkpoint for {name!r}; pass --checkpoint")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged file
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} does not hold a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise CheckpointError(f"checkpoint {path} does not fit model {name!r}") from None
+    return model.eval(), transform
+
+
+def save_checkpoint(model: nn.Module, path: Path, card: dict) -> None:
+    """Write the weights and their JSON card atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    card_tmp = path.with_suffix(".json.tmp")
+    card_tmp.write_text(json.dumps(card, indent=2) + "\n")
+    card_tmp.replace(card_path(path))

@@ -1,0 +1,85 @@
+"""Deterministic from-scratch training of the tiny detector on the endless scene stream."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .coco_eval import evaluate
+from .detectors import CHECKPOINTS, build_model, count_parameters, save_checkpoint
+from .scenes import SceneSet, target_of, to_tensor, train_batch
+
+
+def lr_at(step: int, iters: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, iters - warmup)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(
+    name: str = "tiny_retinanet",
+    iters: int = 1500,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+    threads: int = 2,
+    device: str = "cpu",
+    loss: str = "l1",
+    val_size: int | None = None,
+    out: Path | None = None,
+    command: str = "",
+) -> dict:
+    """Train ``name`` from scratch, evaluate on the validation scenes, save weights and card."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=device != "cpu")
+    model, _ = build_model(name)
+    model.head.regression_head._loss_type = loss
+    model.to(device).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    warmup = max(1, iters // 20)
+    start = time.time()
+    bar = tqdm(range(iters), desc=f"train {name}", unit="it")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, iters, lr, warmup)
+        scenes = train_batch(step, batch_size, seed=seed)
+        images = [to_tensor(s.image).to(device) for s in scenes]
+        targets = [{k: v.to(device) for k, v in target_of(s).items()} for s in scenes]
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        if step % 20 == 0:
+            bar.set_postfix({k[:4]: f"{v.item():.3f}" for k, v in losses.items()})
+    train_seconds = time.time() - start
+    model.cpu().eval()
+    metrics = evaluate(model, SceneSet("val", size=val_size))
+    card = {
+        "model": name,
+        "command": command,
+        "seed": seed,
+        "iters": iters,
+        "batch_size": batch_size,
+        "lr": lr,
+        "box_loss": loss,
+        "threads": threads,
+        "train_seconds": round(train_seconds, 1),
+        "parameters": count_parameters(model),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "val": metrics,
+    }
+    save_checkpoint(model, Path(out) if out else CHECKPOINTS[name], card)
+    return card

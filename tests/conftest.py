@@ -1,0 +1,17 @@
+"""Shared fixtures: the shipped detector, loaded once per session."""
+
+import pytest
+import torch
+
+from regptq_lite.detectors import load_checkpoint
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fixed_threads():
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def fp_model():
+    model, _ = load_checkpoint("tiny_retinanet")
+    return model

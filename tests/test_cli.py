@@ -1,0 +1,62 @@
+"""The command line: real subprocesses, as a user would run them."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "regptq_lite", *args], capture_output=True, text=True, timeout=600, cwd=cwd
+    )
+
+
+def assert_clean_error(result, needle):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert needle in lines[0]
+
+
+def test_eval_json_prints_one_object_with_metrics():
+    result = run("eval", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    metrics = json.loads(lines[0])
+    assert {"AP", "AP50", "AP75", "images"} <= set(metrics)
+    assert 0 <= metrics["AP"] <= 100 and metrics["images"] >= 500
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("eval", "--checkpoint", "missing.pt"), "checkpoint not found"),
+        (("eval", "--model", "yolo"), "invalid choice"),
+        (("eval", "--bogus"), "unrecognized arguments"),
+        (("frobnicate",), "invalid choice"),
+        (("train", "--iters", "0"), "positive integer"),
+        (("train", "--iters", "1.5"), "positive integer"),
+        ((), "required"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, needle):
+    assert_clean_error(run(*args), needle)
+
+
+def test_corrupt_checkpoint_exits_2(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage")
+    assert_clean_error(run("eval", "--checkpoint", str(bad)), "cannot read checkpoint")
+
+
+def test_report_writes_index_with_metrics_and_figure(tmp_path):
+    result = run("report", "--out", str(tmp_path / "reports"))
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "reports" / "index.html").read_text()
+    assert "<img" in page and "data:image/png;base64," in page
+    assert "AP50" in page
+    assert not list((tmp_path / "reports").glob("*.tmp"))
