@@ -1,4 +1,4 @@
-"""``python -m regptq_lite``: train, eval, report.
+"""``python -m regptq_lite``: train, eval, calibrate, report.
 
 Bad input never ends in a traceback: one line on stderr and exit code 2.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -34,6 +33,7 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from .provenance import command_line
     from .train import train
 
     card = train(
@@ -43,7 +43,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         seed=args.seed,
         threads=args.threads,
         out=args.out,
-        command=" ".join(["python -m regptq_lite", *map(shlex.quote, sys.argv[1:])]),
+        command=command_line(),
     )
     print(json.dumps(card, indent=2))
 
@@ -64,6 +64,42 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         )
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> None:
+    from .export import save_integer
+    from .methods import calibrate
+
+    if args.save is not None and not args.save.parent.is_dir():
+        raise UsageError(f"output folder does not exist: {args.save.parent}")
+    qmodel, result = calibrate(
+        args.method,
+        args.wbits,
+        args.abits,
+        iters=args.iters,
+        calib_images=args.calib_images,
+        seed=args.seed,
+        regime=args.regime,
+        model_name=args.model,
+        checkpoint=args.checkpoint,
+    )
+    if args.save is not None:
+        result["saved"] = str(save_integer(qmodel, args.save))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['method']} W{result['wbits']}A{result['abits']} ({result['regime']}): AP {result['AP']:.1f}"
+            f" (FP {result['fp_AP']:.1f}), AP50 {result['AP50']:.1f}, AP75 {result['AP75']:.1f}"
+            f" in {result['seconds']:.0f} s"
+        )
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from .report import build_report
 
@@ -72,6 +108,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     from .detectors import MODELS
+    from .methods import METHODS
+    from .qmodel import REGIMES
     from .report import REPORTS_DIR
 
     parser = _Parser(prog="python -m regptq_lite", description="Reg-PTQ workbook commands.")
@@ -79,8 +117,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the FP detector from scratch (deterministic)")
     p.add_argument("--model", default="tiny_retinanet", choices=sorted(MODELS))
-    p.add_argument("--iters", type=_positive_int, default=1500)
-    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--iters", type=_positive_int, default=2800)
+    p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (fixed for reproducibility)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint path (default: the shipped one)")
@@ -91,6 +129,20 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_eval)
+
+    p = sub.add_parser("calibrate", help="quantize the detector fully with one PTQ method and evaluate it")
+    p.add_argument("--method", required=True, choices=list(METHODS))
+    p.add_argument("--wbits", type=_integer, required=True, help="weight bits (2-16)")
+    p.add_argument("--abits", type=_integer, required=True, help="activation bits (2-16)")
+    p.add_argument("--iters", type=_integer, default=0, help="optimisation steps per unit (naive: 0)")
+    p.add_argument("--calib-images", type=_integer, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--regime", default="full", choices=list(REGIMES))
+    p.add_argument("--model", default="tiny_retinanet", choices=sorted(MODELS))
+    p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--save", type=Path, default=None, help="write the integer form (codes, scales) here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_cmd_calibrate)
 
     p = sub.add_parser("report", help="write the HTML report to reports/")
     p.add_argument("--out", type=Path, default=REPORTS_DIR)

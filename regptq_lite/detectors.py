@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -85,16 +87,35 @@ def tiny_anchor_generator() -> AnchorGenerator:
     return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
 
 
+HEAD_GROUPS = 8
+
+
 def tiny_retinanet() -> RetinaNet:
-    """The tiny RetinaNet: ~1.2 M parameters, inputs 128 x 128 in [0, 1]."""
+    """The tiny RetinaNet: ~1.2 M parameters, inputs 128 x 128 in [0, 1].
+
+    The head is torchvision's RetinaNetHead with GroupNorm after each tower conv, as in
+    torchvision's RetinaNet v2: trained from scratch without it, the head learns about five
+    times slower (AP 0.6 vs 3.1 after 300 iterations, see README). GroupNorm stays in float
+    under quantization, like the element-wise additions.
+    """
+    anchors = tiny_anchor_generator()
+    backbone = TinyBackbone()
+    num_classes = len(CLASSES) + 1
+    head = RetinaNetHead(
+        backbone.out_channels,
+        anchors.num_anchors_per_location()[0],
+        num_classes,
+        norm_layer=partial(nn.GroupNorm, HEAD_GROUPS),
+    )
     return RetinaNet(
-        TinyBackbone(),
-        num_classes=len(CLASSES) + 1,
+        backbone,
+        num_classes=num_classes,
+        head=head,
         min_size=IMAGE_SIZE,
         max_size=IMAGE_SIZE,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.25, 0.25, 0.25],
-        anchor_generator=tiny_anchor_generator(),
+        anchor_generator=anchors,
         score_thresh=0.05,
         detections_per_img=100,
     )

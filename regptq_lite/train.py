@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import math
-import platform
 import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .coco_eval import evaluate
+from .provenance import git_commit, machine
 from .detectors import CHECKPOINTS, build_model, count_parameters, save_checkpoint
 from .scenes import SceneSet, target_of, to_tensor, train_batch
+
+
+class SceneBatches(torch.utils.data.IterableDataset):
+    """Batches 0 .. iters-1 of the training stream as (images, targets), made in a worker process."""
+
+    def __init__(self, iters: int, batch_size: int, seed: int) -> None:
+        self.iters, self.batch_size, self.seed = iters, batch_size, seed
+
+    def __iter__(self):
+        for step in range(self.iters):
+            scenes = train_batch(step, self.batch_size, seed=self.seed)
+            yield [to_tensor(s.image) for s in scenes], [target_of(s) for s in scenes]
 
 
 def lr_at(step: int, iters: int, peak: float, warmup: int) -> float:
@@ -25,13 +38,12 @@ def lr_at(step: int, iters: int, peak: float, warmup: int) -> float:
 
 def train(
     name: str = "tiny_retinanet",
-    iters: int = 1500,
-    batch_size: int = 32,
-    lr: float = 2e-3,
+    iters: int = 2800,
+    batch_size: int = 16,
+    lr: float = 1.5e-3,
     seed: int = 0,
     threads: int = 2,
     device: str = "cpu",
-    loss: str = "l1",
     val_size: int | None = None,
     out: Path | None = None,
     command: str = "",
@@ -41,20 +53,19 @@ def train(
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=device != "cpu")
     model, _ = build_model(name)
-    model.head.regression_head._loss_type = loss
     model.to(device).train()
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     warmup = max(1, iters // 20)
     start = time.time()
-    bar = tqdm(range(iters), desc=f"train {name}", unit="it")
-    for step in bar:
+    batches = DataLoader(SceneBatches(iters, batch_size, seed), batch_size=None, num_workers=1, prefetch_factor=4)
+    bar = tqdm(batches, total=iters, desc=f"train {name}", unit="it")
+    for step, (images, targets) in enumerate(bar):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, iters, lr, warmup)
-        scenes = train_batch(step, batch_size, seed=seed)
-        images = [to_tensor(s.image).to(device) for s in scenes]
-        targets = [{k: v.to(device) for k, v in target_of(s).items()} for s in scenes]
+        images = [x.to(device) for x in images]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         losses = model(images, targets)
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
@@ -73,11 +84,12 @@ def train(
         "iters": iters,
         "batch_size": batch_size,
         "lr": lr,
-        "box_loss": loss,
+        "box_loss": model.head.regression_head._loss_type,
         "threads": threads,
         "train_seconds": round(train_seconds, 1),
         "parameters": count_parameters(model),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": machine(),
+        "commit": git_commit(),
         "torch": torch.__version__,
         "val": metrics,
     }

@@ -1,0 +1,146 @@
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from regptq_lite.bn_fold import fold_batchnorm
+from regptq_lite.detectors import build_model
+from regptq_lite.export import export_integer, integer_conv, save_integer
+from regptq_lite.observe import init_quantizers
+from regptq_lite.qmodel import (
+    FIRST_LAYER_BITS,
+    PREDICTION_LAYERS,
+    QuantLayer,
+    layer_policy,
+    policy_table,
+    quant_layers,
+    quantize_detector,
+    set_quant,
+)
+from regptq_lite.scenes import SceneSet
+
+
+@pytest.fixture(scope="module")
+def images():
+    return SceneSet("calib", size=4).images()
+
+
+def _with_random_bn_stats(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def test_bn_folding_leaves_outputs_unchanged(images):
+    model = _with_random_bn_stats(build_model("tiny_retinanet")[0])
+    folded = copy.deepcopy(model)
+    assert fold_batchnorm(folded) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = model.transform(images)[0].tensors
+    with torch.no_grad():
+        a, b = model.backbone(x), folded.backbone(x)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-4, rtol=1e-4)
+
+
+def test_bn_folding_on_a_torchvision_resnet_block():
+    block = torchvision.models.resnet.Bottleneck(64, 16)
+    _with_random_bn_stats(block)
+    x = torch.randn(2, 64, 8, 8)
+    folded = copy.deepcopy(block)
+    assert fold_batchnorm(folded) == 3
+    with torch.no_grad():
+        assert torch.allclose(block(x), folded(x), atol=1e-4)
+
+
+def test_policy_first_layer_8_bits_prediction_layers_float():
+    qmodel = quantize_detector(build_model("tiny_retinanet")[0], 4, 4)
+    layers = quant_layers(qmodel)
+    first = layers[0][1].policy
+    assert (first.wbits, first.abits) == (FIRST_LAYER_BITS, FIRST_LAYER_BITS)
+    predictions = [layer for name, layer in layers if name in PREDICTION_LAYERS]
+    assert len(predictions) == 2
+    assert all(layer.wq is None and layer.aq is None for layer in predictions)
+    others = [layer.policy for name, layer in layers[1:] if name not in PREDICTION_LAYERS]
+    assert all((p.wbits, p.abits) == (4, 4) for p in others)
+    assert not any(isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(p, QuantLayer)
+                   for p in qmodel.modules() for m in p.children() if not isinstance(p, QuantLayer))
+    table = policy_table(qmodel)
+    assert "first layer at 8 bits" in table and "final prediction layer stays in float" in table
+
+
+def test_backbone_neck_regime_keeps_the_head_float():
+    qmodel = quantize_detector(build_model("tiny_retinanet")[0], 4, 4, regime="backbone_neck")
+    for name, layer in quant_layers(qmodel):
+        assert (layer.wq is None) == name.startswith("head.")
+
+
+def test_llaq_goes_on_head_weights_only():
+    qmodel = quantize_detector(build_model("tiny_retinanet")[0], 4, 4, head_weight_kind="llaq")
+    for name, layer in quant_layers(qmodel):
+        if layer.wq is not None:
+            assert (layer.policy.weight_kind == "llaq") == name.startswith("head.")
+
+
+@pytest.mark.parametrize("bad", [0, 33, 2.5])
+def test_bad_bits_are_rejected(bad):
+    with pytest.raises(ValueError, match="bit-width"):
+        quantize_detector(build_model("tiny_retinanet")[0], bad, 4)
+
+
+def test_unknown_regime_is_rejected():
+    with pytest.raises(ValueError, match="unknown regime"):
+        layer_policy  # noqa: B018 - keeps the import honest
+        quantize_detector(build_model("tiny_retinanet")[0], 4, 4, regime="head_only")
+
+
+def test_switches_start_off_and_turn_on(images):
+    fp = build_model("tiny_retinanet")[0].eval()
+    qmodel = quantize_detector(fp, 2, 2)
+    init_quantizers(qmodel, images)
+    x = fp.transform(images)[0].tensors
+    with torch.no_grad():
+        off = qmodel.backbone(x)["p3"]
+        set_quant(qmodel, weights=True, activations=True)
+        on = qmodel.backbone(x)["p3"]
+    assert torch.allclose(off, fp.backbone(x)["p3"], atol=1e-4)
+    assert not torch.allclose(off, on, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["uniform", "llaq"])
+def test_integer_recomputation_matches_fake_quant(images, kind):
+    fp = build_model("tiny_retinanet")[0].eval()
+    qmodel = quantize_detector(fp, 4, 4, head_weight_kind=kind)
+    init_quantizers(qmodel, images)
+    set_quant(qmodel, weights=True, activations=True)
+    layer = qmodel.head.regression_head.conv[1][0]
+    if kind == "llaq":  # the pure-shift form: k = 1 on both sides
+        layer.wq.k_pos.data.fill_(1.0)
+        layer.wq.k_neg.data.fill_(1.0)
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        fake = layer(x)
+    assert torch.allclose(integer_conv(layer, x), fake, atol=1e-4, rtol=1e-4)
+
+
+def test_export_holds_codes_scales_and_kind(images, tmp_path):
+    fp = build_model("tiny_retinanet")[0].eval()
+    qmodel = quantize_detector(fp, 3, 4, head_weight_kind="llaq")
+    init_quantizers(qmodel, images)
+    form = export_integer(qmodel)
+    assert form["backbone.stem.conv"]["kind"] == "uniform" and form["backbone.stem.conv"]["wbits"] == 8
+    head = form["head.regression_head.conv.0.0"]
+    assert head["kind"] == "llaq" and head["weight_codes"].dtype == torch.int8
+    assert head["weight_codes"].min() >= -4 and head["weight_codes"].max() <= 3
+    assert "weight" in form["head.regression_head.bbox_reg"]
+    path = save_integer(qmodel, tmp_path / "q.pt")
+    assert path.is_file() and not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(FileNotFoundError):
+        save_integer(qmodel, tmp_path / "missing" / "q.pt")
