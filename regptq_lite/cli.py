@@ -77,6 +77,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
 
     if args.save is not None and not args.save.parent.is_dir():
         raise UsageError(f"output folder does not exist: {args.save.parent}")
+    overrides = {
+        key: value
+        for key, value in (("theta_c", args.theta_c), ("theta_i", args.theta_i), ("global_loss", args.global_loss))
+        if value is not None
+    }
     qmodel, result = calibrate(
         args.method,
         args.wbits,
@@ -87,6 +92,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
         regime=args.regime,
         model_name=args.model,
         checkpoint=args.checkpoint,
+        head_weight_kind=args.head_quantizer,
+        overrides=overrides,
     )
     if args.save is not None:
         result["saved"] = str(save_integer(qmodel, args.save))
@@ -98,6 +105,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
             f" (FP {result['fp_AP']:.1f}), AP50 {result['AP50']:.1f}, AP75 {result['AP75']:.1f}"
             f" in {result['seconds']:.0f} s"
         )
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import RESULTS_DIR, markdown, run_bench
+    from .methods import METHODS
+    from .report import REPORTS_DIR
+
+    out = args.out if args.out is not None else (REPORTS_DIR / "bench" if args.fast else RESULTS_DIR)
+    unknown = set(args.methods or []) - set(METHODS)
+    if unknown:
+        raise UsageError(f"unknown method(s) {', '.join(sorted(unknown))}; expected some of {', '.join(METHODS)}")
+    print(markdown(run_bench(fast=args.fast, out_dir=out, methods=args.methods)))
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -134,15 +154,27 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--wbits", type=_integer, required=True, help="weight bits (2-16)")
     p.add_argument("--abits", type=_integer, required=True, help="activation bits (2-16)")
-    p.add_argument("--iters", type=_integer, default=0, help="optimisation steps per unit (naive: 0)")
+    p.add_argument("--iters", type=_integer, default=200, help="optimisation steps per unit (naive ignores it)")
     p.add_argument("--calib-images", type=_integer, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--regime", default="full", choices=list(REGIMES))
     p.add_argument("--model", default="tiny_retinanet", choices=sorted(MODELS))
     p.add_argument("--checkpoint", type=Path, default=None)
+    p.add_argument("--head-quantizer", choices=["uniform", "llaq"], default=None, help="default: the method's")
+    p.add_argument("--theta-c", type=float, default=None, help="FGIC confidence filter (default 2e-4)")
+    p.add_argument("--theta-i", type=float, default=None, help="FGIC IoU filter (default 0.1)")
+    p.add_argument("--global-loss", action=argparse.BooleanOptionalAction, default=None, help="FGIC's L_G term")
     p.add_argument("--save", type=Path, default=None, help="write the integer form (codes, scales) here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_calibrate)
+
+    p = sub.add_parser("bench", help="benchmark figures; writes bench.json and bench.md")
+    p.add_argument("--fast", action="store_true", help="fewer calibration images, tiny model only")
+    p.add_argument("--methods", nargs="+", default=None, help="run only these methods (default: all)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: data/results, --fast: reports/bench)"
+    )
+    p.set_defaults(run=_cmd_bench)
 
     p = sub.add_parser("report", help="write the HTML report to reports/")
     p.add_argument("--out", type=Path, default=REPORTS_DIR)
@@ -151,6 +183,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    # Denormal floats slow CPU convolutions ~70x; flush them to zero before any thread pool starts
+    # (threads inherit the setting from the thread that creates them).
+    torch.set_flush_denormal(True)
     from .detectors import CheckpointError
 
     try:

@@ -25,11 +25,13 @@ def _coco_from_dict(gt: dict) -> COCO:
     return coco
 
 
-def coco_metrics(gt: dict, detections: list[dict]) -> dict[str, float]:
+def coco_metrics(gt: dict, detections: list[dict]) -> dict[str, float | None]:
     """AP, AP50, AP75, APs/m/l on the 0-100 scale for COCO-style ``detections`` against ``gt``.
 
     Each detection is ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``.
-    No detections at all scores 0 (``loadRes([])`` would crash).
+    No detections at all scores 0 (``loadRes([])`` would crash). A size range with no ground
+    truth at all (pycocotools says -1) is None: the scenes have no COCO-"large" object (area over
+    96^2 visible pixels), so APl is None on them.
     """
     if not detections:
         return {name: 0.0 for name in STAT_NAMES}
@@ -40,8 +42,9 @@ def coco_metrics(gt: dict, detections: list[dict]) -> dict[str, float]:
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    # pycocotools reports -1 where a category/area range has no ground truth: report 0 there.
-    return {name: round(float(max(v, 0.0)) * 100, 2) for name, v in zip(STAT_NAMES, ev.stats[: len(STAT_NAMES)])}
+    return {
+        name: None if v < 0 else round(float(v) * 100, 2) for name, v in zip(STAT_NAMES, ev.stats[: len(STAT_NAMES)])
+    }
 
 
 def to_coco_detections(image_id: int, output: dict[str, torch.Tensor]) -> list[dict]:

@@ -1,13 +1,11 @@
-"""PTQ methods as short recipes, and the ``calibrate`` pipeline that runs and scores one.
-
-A recipe takes a quantized detector (quantizers in place, switched off) and the calibration
-images, and leaves it calibrated with quantization switched on.
+"""PTQ methods as short recipes on the shared reconstruction machinery, and the ``calibrate``
+pipeline that runs and scores one (PAPER.md sections 5 and 7).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 
 import torch
@@ -18,18 +16,53 @@ from .detectors import load_checkpoint
 from .observe import init_quantizers
 from .qmodel import quantize_detector, set_quant
 from .quantizers import check_bits
+from .recon import ReconSettings, reconstruct
 from .scenes import SPLIT_SIZES, SceneSet
 
 
-def naive(qmodel: nn.Module, images: list[torch.Tensor], iters: int, seed: int) -> dict:
-    """Observers (MSE clipping search) and round-to-nearest; nothing is learned."""
+@dataclass(frozen=True)
+class Method:
+    """A PTQ method: how the head's weights are quantized, and how units are reconstructed.
+
+    ``recon`` None means no reconstruction (observers and round-to-nearest only).
+    """
+
+    description: str
+    head_weight_kind: str = "uniform"
+    granularity: str = "block"
+    recon: dict = field(default_factory=dict)
+    reconstruct: bool = True
+
+
+METHODS: dict[str, Method] = {
+    "naive": Method("observers (L2.4 clipping search) and round-to-nearest", reconstruct=False),
+    "adaround": Method(
+        "layer-wise AdaRound, MSE loss, fixed activation steps", granularity="layer", recon={"learn_steps": False}
+    ),
+    "brecq": Method("block-wise AdaRound + LSQ steps, Fisher-weighted MSE", recon={"fisher": True}),
+    "qdrop": Method(
+        "block-wise AdaRound + LSQ steps, activations dropped to float with p = 0.5", recon={"drop_prob": 0.5}
+    ),
+    "regptq": Method(
+        "FGIC (Fisher-weighted local loss + filtered global loss) with LLAQ on head weights",
+        head_weight_kind="llaq",
+        recon={"fisher": True, "global_loss": True},
+    ),
+}
+
+
+def run_method(
+    method: str, qmodel: nn.Module, images: list[torch.Tensor], iters: int, seed: int, overrides: dict
+) -> dict:
+    """Initialise observers, then reconstruct as ``method`` says; returns the settings used."""
+    recipe = METHODS[method]
     init_quantizers(qmodel, images)
-    set_quant(qmodel, weights=True, activations=True)
-    return {"observer": "mse (L2.4 clipping search)", "rounding": "nearest"}
-
-
-Recipe = Callable[[nn.Module, list[torch.Tensor], int, int], dict]
-METHODS: dict[str, Recipe] = {"naive": naive}
+    if not recipe.reconstruct:
+        set_quant(qmodel, weights=True, activations=True)
+        return {"settings": {"observer": "mse", "rounding": "nearest"}}
+    settings = ReconSettings(iters=iters, seed=seed, **{**recipe.recon, **overrides})
+    stats = reconstruct(qmodel, images, settings, recipe.granularity)
+    return {"settings": {**asdict(settings), "granularity": recipe.granularity}, "units": stats}
 
 
 @lru_cache(maxsize=4)
@@ -49,12 +82,16 @@ def calibrate(
     regime: str = "full",
     model_name: str = "tiny_retinanet",
     checkpoint: str | None = None,
+    head_weight_kind: str | None = None,
+    overrides: dict | None = None,
 ) -> tuple[nn.Module, dict]:
     """Quantize the FP detector fully with ``method``, evaluate it, return it and its result dict."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     check_bits(wbits)
     check_bits(abits)
+    if iters < 0:
+        raise ValueError(f"--iters must be >= 0, got {iters}")
     if calib_images < 1:
         raise ValueError(f"the calibration set is empty (--calib-images {calib_images}); need at least 1 image")
     if calib_images > SPLIT_SIZES["calib"]:
@@ -62,9 +99,10 @@ def calibrate(
     torch.manual_seed(seed)
     start = time.time()
     fp_model, _ = load_checkpoint(model_name, checkpoint)
-    qmodel = quantize_detector(fp_model, wbits, abits, regime=regime)
+    head_kind = head_weight_kind or METHODS[method].head_weight_kind
+    qmodel = quantize_detector(fp_model, wbits, abits, regime=regime, head_weight_kind=head_kind)
     images = SceneSet("calib", size=calib_images).images()
-    settings = METHODS[method](qmodel, images, iters, seed)
+    details = run_method(method, qmodel, images, iters, seed, overrides or {})
     metrics = evaluate(qmodel, SceneSet("val"))
     result = {
         "method": method,
@@ -76,10 +114,12 @@ def calibrate(
         "AP75": metrics["AP75"],
         "fp_AP": fp_metrics(model_name, None if checkpoint is None else str(checkpoint))["AP"],
         "seconds": round(time.time() - start, 1),
-        "iters": iters,
+        "iters": iters if METHODS[method].reconstruct else 0,
         "calib_images": calib_images,
         "seed": seed,
         "regime": regime,
-        **settings,
+        "head_weights": head_kind,
+        "description": METHODS[method].description,
+        **details,
     }
     return qmodel, result

@@ -49,6 +49,8 @@ class QuantLayer(nn.Module):
     """A conv or linear layer with a weight quantizer and an input-activation quantizer.
 
     ``quant_w`` / ``quant_a`` switch each on (calibration turns layers on in forward order).
+    ``drop_prob`` > 0 (QDrop, training mode only) keeps each input element in float with that
+    probability.
     """
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, policy: LayerPolicy) -> None:
@@ -66,6 +68,7 @@ class QuantLayer(nn.Module):
             self.aq = UniformQuantizer(policy.abits, channel_axis=None, observer="mse", learn_step=True)
         self.quant_w = False
         self.quant_a = False
+        self.drop_prob = 0.0
 
     def weight(self) -> torch.Tensor:
         """The weight this layer uses now: fake-quantized if its weight quantizer is on."""
@@ -75,7 +78,8 @@ class QuantLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quant_a and self.aq is not None:
-            x = self.aq(x)
+            xq = self.aq(x)
+            x = torch.where(torch.rand_like(x) < self.drop_prob, x, xq) if self.training and self.drop_prob else xq
         w = self.weight()
         if isinstance(self.layer, nn.Linear):
             return F.linear(x, w, self.layer.bias)
@@ -83,9 +87,7 @@ class QuantLayer(nn.Module):
         return F.conv2d(x, w, c.bias, c.stride, c.padding, c.dilation, c.groups)
 
 
-def layer_policy(
-    name: str, is_first: bool, wbits: int, abits: int, regime: str, head_weight_kind: str
-) -> LayerPolicy:
+def layer_policy(name: str, is_first: bool, wbits: int, abits: int, regime: str, head_weight_kind: str) -> LayerPolicy:
     """The full-quantization bit policy for one conv/linear layer."""
     if name in PREDICTION_LAYERS:
         return LayerPolicy(name, None, None, "float", "final prediction layer stays in float")
@@ -134,7 +136,8 @@ def set_quant(qmodel: nn.Module, weights: bool, activations: bool, names: set[st
     """Switch weight/activation quantization of the named layers (default: all) on or off."""
     for name, layer in quant_layers(qmodel):
         if names is None or name in names:
-            layer.quant_w, layer.quant_a = weights, activations
+            layer.quant_w = weights and layer.wq is not None
+            layer.quant_a = activations and layer.aq is not None
 
 
 def policy_table(qmodel: nn.Module) -> str:

@@ -65,7 +65,7 @@ def build_report(out_dir: Path = REPORTS_DIR, name: str = "tiny_retinanet") -> P
         train_minutes=card["train_seconds"] / 60,
         threads=card["threads"],
         metric_heads="".join(f"<th>{n}</th>" for n in names),
-        metric_cells="".join(f"<td>{metrics[n]:.1f}</td>" for n in names),
+        metric_cells="".join("<td>n/a</td>" if metrics[n] is None else f"<td>{metrics[n]:.1f}</td>" for n in names),
         images=metrics["images"],
         figure=figure,
         notebooks="<ul>" + "".join(f'<li><a href="{p.name}">{p.stem}</a></li>' for p in notebooks) + "</ul>"

@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .coco_eval import evaluate
-from .provenance import git_commit, machine
 from .detectors import CHECKPOINTS, build_model, count_parameters, save_checkpoint
+from .provenance import git_commit, machine
 from .scenes import SceneSet, target_of, to_tensor, train_batch
 
 
@@ -49,6 +49,7 @@ def train(
     command: str = "",
 ) -> dict:
     """Train ``name`` from scratch, evaluate on the validation scenes, save weights and card."""
+    torch.set_flush_denormal(True)  # before the thread pool starts, so that every thread inherits it
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=device != "cpu")

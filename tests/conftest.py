@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from regptq_lite.detectors import load_checkpoint
+torch.set_flush_denormal(True)  # as the CLI does, before any thread pool starts
+
+from regptq_lite.detectors import load_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -60,3 +60,48 @@ def test_report_writes_index_with_metrics_and_figure(tmp_path):
     assert "<img" in page and "data:image/png;base64," in page
     assert "AP50" in page
     assert not list((tmp_path / "reports").glob("*.tmp"))
+
+
+CALIB = ("calibrate", "--method", "naive")
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("calibrate", "--method", "magic", "--wbits", "4", "--abits", "4"), "invalid choice"),
+        ((*CALIB, "--wbits", "0", "--abits", "4"), "bit-width must be an integer in [2, 16], got 0"),
+        ((*CALIB, "--wbits", "33", "--abits", "4"), "got 33"),
+        ((*CALIB, "--wbits", "4.5", "--abits", "4"), "expected an integer"),
+        ((*CALIB, "--wbits", "4", "--abits", "4", "--calib-images", "0"), "calibration set is empty"),
+        ((*CALIB, "--wbits", "4", "--abits", "4", "--checkpoint", "nope.pt"), "checkpoint not found"),
+        ((*CALIB, "--wbits", "4", "--abits", "4", "--save", "no/such/dir/q.pt"), "output folder does not exist"),
+        ((*CALIB, "--wbits", "4"), "required"),
+    ],
+)
+def test_calibrate_bad_input_exits_2_with_one_line(args, needle):
+    assert_clean_error(run(*args), needle)
+
+
+def test_calibrate_naive_json_and_integer_export(tmp_path):
+    saved = tmp_path / "w8a8.pt"
+    result = run(*CALIB, "--wbits", "8", "--abits", "8", "--calib-images", "8", "--json", "--save", str(saved))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in (
+        "method",
+        "wbits",
+        "abits",
+        "AP",
+        "AP50",
+        "AP75",
+        "fp_AP",
+        "seconds",
+        "iters",
+        "calib_images",
+        "seed",
+        "regime",
+    ):
+        assert key in out, key
+    assert (out["method"], out["wbits"], out["abits"], out["calib_images"], out["regime"]) == ("naive", 8, 8, 8, "full")
+    assert 0 <= out["AP"] <= 100
+    assert saved.is_file() and not list(tmp_path.glob("*.tmp"))

@@ -70,8 +70,12 @@ def test_policy_first_layer_8_bits_prediction_layers_float():
     assert all(layer.wq is None and layer.aq is None for layer in predictions)
     others = [layer.policy for name, layer in layers[1:] if name not in PREDICTION_LAYERS]
     assert all((p.wbits, p.abits) == (4, 4) for p in others)
-    assert not any(isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(p, QuantLayer)
-                   for p in qmodel.modules() for m in p.children() if not isinstance(p, QuantLayer))
+    assert not any(
+        isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(p, QuantLayer)
+        for p in qmodel.modules()
+        for m in p.children()
+        if not isinstance(p, QuantLayer)
+    )
     table = policy_table(qmodel)
     assert "first layer at 8 bits" in table and "final prediction layer stays in float" in table
 
@@ -144,3 +148,25 @@ def test_export_holds_codes_scales_and_kind(images, tmp_path):
     assert path.is_file() and not list(tmp_path.glob("*.tmp"))
     with pytest.raises(FileNotFoundError):
         save_integer(qmodel, tmp_path / "missing" / "q.pt")
+
+
+TORCHVISION_DETECTORS = ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "fasterrcnn_resnet50_fpn"]
+
+
+@pytest.mark.parametrize("name", TORCHVISION_DETECTORS)
+def test_torchvision_detectors_quantize_fully(name):
+    torch.manual_seed(0)
+    builder = torchvision.models.detection.__dict__[name]
+    model = builder(weights=None, weights_backbone=None, min_size=64, max_size=64).eval()
+    qmodel = quantize_detector(model, 4, 4)
+    layers = quant_layers(qmodel)
+    assert layers[0][0] == "backbone.body.conv1" and layers[0][1].policy.wbits == 8
+    floats = {n for n, layer in layers if layer.wq is None}
+    assert floats and floats <= PREDICTION_LAYERS
+    assert not any(isinstance(m, torchvision.ops.misc.FrozenBatchNorm2d) for m in qmodel.modules())
+    images = [torch.rand(3, 64, 64)]
+    init_quantizers(qmodel, images)
+    set_quant(qmodel, weights=True, activations=True)
+    with torch.no_grad():
+        out = qmodel(images)
+    assert set(out[0]) >= {"boxes", "scores", "labels"}

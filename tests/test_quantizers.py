@@ -113,7 +113,9 @@ def test_adaround_starts_at_the_float_weight_and_hardens_within_one_step():
     w = weight(3)
     base = UniformQuantizer(4, channel_axis=0, observer="minmax")
     ada = AdaRoundQuantizer(base, w)
-    inside = ((w / base.scale).floor() + base.zero_point >= 0) & ((w / base.scale).ceil() + base.zero_point <= base.qmax)
+    inside = ((w / base.scale).floor() + base.zero_point >= 0) & (
+        (w / base.scale).ceil() + base.zero_point <= base.qmax
+    )
     with torch.no_grad():
         assert torch.allclose(ada(w)[inside], w[inside], atol=1e-6)  # soft h(V) equals the fraction at init
         ada.soft = False

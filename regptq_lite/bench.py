@@ -1,0 +1,263 @@
+"""``python -m regptq_lite bench``: the benchmark figures, written with their provenance.
+
+- every method x {W2A4, W3A3, W4A4, W4A8} on the tiny RetinaNet, fully quantized, plus naive W8A8;
+- the paper's Table 2 analogue: Reg-PTQ at W2A4 over theta_C x theta_I;
+- the Table 3 analogue: Reg-PTQ with a uniform vs an LLAQ head at W2A4, W3A3, W4A4;
+- weight-quantization MSE of LLAQ vs an MSE-searched uniform quantizer on Laplace / uniform weights;
+- the cost table (bit-weighted FLOPs, storage) of the tiny RetinaNet and torchvision's R50-FPN detectors.
+
+Each finished run is written at once, so an interrupted bench resumes where it stopped
+(runs with the same settings at the same commit are reused).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torchvision
+from tqdm.auto import tqdm
+
+from .cost import cost_table
+from .detectors import DATA_DIR, load_checkpoint
+from .fgic import THETA_C as FGIC_THETA_C
+from .fgic import THETA_I as FGIC_THETA_I
+from .methods import METHODS, calibrate
+from .provenance import command_line, git_commit, machine
+from .quantizers import LogAffineQuantizer, UniformQuantizer, shift_gap
+from .scenes import SceneSet
+
+RESULTS_DIR = DATA_DIR / "results"
+BITS = ((2, 4), (3, 3), (4, 4), (4, 8))
+THETA_C = (0.0, 5e-5, 2e-4, 1e-3, 1e-2)
+THETA_I = (0.0, 0.1, 0.5)
+FULL = {"iters": 100, "calib_images": 128}
+FAST = {"iters": 5, "calib_images": 16}
+
+
+def plan(fast: bool, methods: list[str] | None = None) -> list[dict]:
+    """Every run of the bench (only those of ``methods``, if given): table, method, bits, overrides."""
+    runs = [{"table": "methods", "method": m, "wbits": w, "abits": a} for m in METHODS for w, a in BITS]
+    runs.append({"table": "methods", "method": "naive", "wbits": 8, "abits": 8})
+    hardest = BITS[0]
+    for tc in THETA_C:
+        for ti in THETA_I:
+            runs.append(
+                {
+                    "table": "filter",
+                    "method": "regptq",
+                    "wbits": hardest[0],
+                    "abits": hardest[1],
+                    "overrides": {"theta_c": tc, "theta_i": ti},
+                }
+            )
+    for w, a in BITS[:3]:
+        for kind in ("uniform", "llaq"):
+            runs.append({"table": "head_quantizer", "method": "regptq", "wbits": w, "abits": a, "head": kind})
+    if methods is not None:
+        runs = [r for r in runs if r["method"] in methods]
+    return runs[:6] if fast else runs
+
+
+def _key(spec: dict, budget: dict) -> str:
+    """The same computation gets the same key, whichever table asks for it."""
+    overrides = spec.get("overrides", {})
+    canonical = {
+        "method": spec["method"],
+        "wbits": spec["wbits"],
+        "abits": spec["abits"],
+        "head": spec.get("head") or METHODS[spec["method"]].head_weight_kind,
+        "theta_c": overrides.get("theta_c", FGIC_THETA_C),
+        "theta_i": overrides.get("theta_i", FGIC_THETA_I),
+        **budget,
+    }
+    return json.dumps(canonical, sort_keys=True)
+
+
+def _laplace(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(shape, generator=g) - 0.5
+    return -torch.sign(u) * torch.log1p(-2 * u.abs())
+
+
+def quantizer_mse(seed: int = 0, shape: tuple[int, ...] = (64, 64, 3, 3)) -> list[dict]:
+    """Per-channel weight MSE of MSE-initialised LLAQ vs MSE-searched uniform, by distribution and bits."""
+    g = torch.Generator().manual_seed(seed)
+    weights = {"laplace": _laplace(shape, seed), "uniform": torch.rand(shape, generator=g) * 2 - 1}
+    rows = []
+    for dist, w in weights.items():
+        for bits in (2, 3, 4):
+            row = {"distribution": dist, "bits": bits}
+            for name, q in (("uniform", UniformQuantizer(bits, 0, "mse")), ("llaq", LogAffineQuantizer(bits))):
+                q.init(w)
+                with torch.no_grad():
+                    row[f"mse_{name}"] = (q(w) - w).pow(2).mean().item()
+            row["mse_llaq_shift"] = shift_gap(w, bits)["mse_shift"]
+            rows.append(row)
+    return rows
+
+
+def torchvision_costs() -> dict[str, list[dict]]:
+    """Cost tables of torchvision's R50-FPN detectors (random weights) on one 800 x 1333 image."""
+    image = [torch.rand(3, 800, 1333)]
+    out = {}
+    for name in ("retinanet_resnet50_fpn", "fasterrcnn_resnet50_fpn"):
+        torch.manual_seed(0)
+        model = torchvision.models.detection.__dict__[name](weights=None, weights_backbone=None)
+        out[name] = cost_table(model, image)
+    return out
+
+
+def _grid(rows: list, cols: list, cell) -> list[str]:
+    """A markdown grid; ``cell(row, col)`` gives the run or None."""
+    out = ["| | " + " | ".join(str(c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for r in rows:
+        cells = [cell(r, c) for c in cols]
+        out.append(f"| {r} | " + " | ".join("-" if x is None else f"{x['AP']:.1f}" for x in cells) + " |")
+    return out
+
+
+def markdown(result: dict) -> str:
+    """The benchmark as markdown tables (AP on the 0-100 scale, 500 validation scenes)."""
+    runs = result["runs"]
+    fp = runs[0]["fp_AP"] if runs else float("nan")
+    budget = result.get("budget", {})
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Commit: `{result['commit']}`  ",
+        f"Machine: {result['machine']}  ",
+        f"Budget: {budget.get('iters')} iterations per unit, {budget.get('calib_images')} calibration images "
+        "(the paper: 2k iterations per unit, batch 256).",
+        "",
+        f"## Methods x bits, tiny RetinaNet, full quantization (FP AP {fp:.1f})",
+        "",
+    ]
+    settings = [f"W{w}A{a}" for w, a in BITS] + ["W8A8"]
+
+    def method_cell(method, setting):
+        return next(
+            (
+                r
+                for r in runs
+                if r["table"] == "methods" and r["method"] == method and f"W{r['wbits']}A{r['abits']}" == setting
+            ),
+            None,
+        )
+
+    lines += _grid(list(METHODS), settings, method_cell)
+    lines += ["", f"## Filter thresholds (Reg-PTQ, W{BITS[0][0]}A{BITS[0][1]}): rows theta_C, columns theta_I", ""]
+
+    def filter_cell(tc, ti):
+        return next(
+            (
+                r
+                for r in runs
+                if r["table"] == "filter" and r["settings"]["theta_c"] == tc and r["settings"]["theta_i"] == ti
+            ),
+            None,
+        )
+
+    lines += _grid(list(THETA_C), list(THETA_I), filter_cell)
+    lines += ["", "## Head weight quantizer (Reg-PTQ)", ""]
+
+    def head_cell(kind, setting):
+        return next(
+            (
+                r
+                for r in runs
+                if r["table"] == "head_quantizer"
+                and r["head_weights"] == kind
+                and f"W{r['wbits']}A{r['abits']}" == setting
+            ),
+            None,
+        )
+
+    lines += _grid(["uniform", "llaq"], [f"W{w}A{a}" for w, a in BITS[:3]], head_cell)
+    lines += [
+        "",
+        "## Every run",
+        "",
+        "| table | method | W/A | head | AP | AP50 | AP75 | seconds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['table']} | {r['method']} | W{r['wbits']}A{r['abits']} | {r['head_weights']} | {r['AP']:.1f}"
+            f" | {r['AP50']:.1f} | {r['AP75']:.1f} | {r['seconds']:.0f} |"
+        )
+    lines += ["", "## Weight MSE: LLAQ vs MSE-searched uniform", "", "| weights | bits | uniform | LLAQ | LLAQ shift |"]
+    lines.append("|---|---|---|---|---|")
+    for r in result["quantizer_mse"]:
+        lines.append(
+            f"| {r['distribution']} | {r['bits']} | {r['mse_uniform']:.4g} | {r['mse_llaq']:.4g}"
+            f" | {r['mse_llaq_shift']:.4g} |"
+        )
+    for model, rows in result["cost"].items():
+        lines += [
+            "",
+            f"## Cost: {model}",
+            "",
+            "| setting | regime | GFLOPs | bit-GFLOPs | saving | storage MB | saving |",
+        ]
+        lines.append("|---|---|---|---|---|---|---|")
+        for r in rows:
+            lines.append(
+                f"| {r['setting']} | {r['regime']} | {r['GFLOPs']:.2f} | {r['bit_GFLOPs']:.2f}"
+                f" | {r['compute_saving']:.2f}x | {r['storage_MB']:.2f} | {r['storage_saving']:.2f}x |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def run_bench(fast: bool = False, out_dir: Path | None = None, methods: list[str] | None = None) -> dict:
+    """Run (or resume) every benchmark; write ``bench.json`` and ``bench.md`` to ``out_dir``."""
+    out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    budget = FAST if fast else FULL
+    commit = git_commit()
+    path = out_dir / "bench.json"
+    done: dict[str, dict] = {}
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous.get("commit") == commit:
+            done = {r["key"]: r for r in previous.get("runs", []) if "key" in r}
+    result = {
+        "command": command_line(),
+        "commit": commit,
+        "machine": machine(),
+        "fast": fast,
+        "budget": budget,
+        "runs": [],
+        "quantizer_mse": quantizer_mse(),
+        "cost": {},
+    }
+    model, _ = load_checkpoint("tiny_retinanet")
+    result["cost"]["tiny_retinanet"] = cost_table(model, SceneSet("val", size=1).images())
+    if not fast:
+        result["cost"].update(torchvision_costs())
+    for spec in tqdm(plan(fast, methods), desc="bench", unit="run"):
+        key = _key(spec, budget)
+        if key not in done:
+            _, run = calibrate(
+                spec["method"],
+                spec["wbits"],
+                spec["abits"],
+                iters=budget["iters"],
+                calib_images=budget["calib_images"],
+                head_weight_kind=spec.get("head"),
+                overrides=spec.get("overrides"),
+            )
+            run.pop("units", None)
+            done[key] = {**run, "table": spec["table"], "key": key}
+        result["runs"].append({**done[key], "table": spec["table"]})
+        _write_atomic(path, json.dumps(result, indent=2) + "\n")
+    _write_atomic(out_dir / "bench.md", markdown(result))
+    return result
