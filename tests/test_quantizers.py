@@ -36,13 +36,16 @@ def make(kind: str, bits: int) -> torch.nn.Module:
 KINDS = ["uniform", "percentile", "log2", "llaq"]
 
 
+def initialised(kind: str, bits: int, seed: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    q, w = initialised(kind, bits, seed)
+    return q, w
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=15, deadline=None)
 @given(bits=BITS, seed=SEEDS)
 def test_at_most_2_pow_b_values_per_channel(kind, bits, seed):
-    w = weight(seed)
-    q = make(kind, bits)
-    q.init(w)
+    q, w = initialised(kind, bits, seed)
     out = q(w)
     for c in range(w.shape[0]):
         assert len(torch.unique(out[c])) <= 2**bits
@@ -52,9 +55,7 @@ def test_at_most_2_pow_b_values_per_channel(kind, bits, seed):
 @settings(max_examples=15, deadline=None)
 @given(bits=BITS, seed=SEEDS)
 def test_quantizing_twice_changes_nothing(kind, bits, seed):
-    w = weight(seed)
-    q = make(kind, bits)
-    q.init(w)
+    q, w = initialised(kind, bits, seed)
     with torch.no_grad():
         once = q(w)
         assert torch.allclose(q(once), once, rtol=1e-5, atol=1e-7)
@@ -64,9 +65,7 @@ def test_quantizing_twice_changes_nothing(kind, bits, seed):
 @settings(max_examples=15, deadline=None)
 @given(bits=BITS, seed=SEEDS)
 def test_codes_in_range(kind, bits, seed):
-    w = weight(seed)
-    q = make(kind, bits)
-    q.init(w)
+    q, w = initialised(kind, bits, seed)
     codes = q.codes(w)
     assert codes.dtype == torch.int32
     if kind in ("uniform", "percentile"):
