@@ -37,7 +37,10 @@ KINDS = ["uniform", "percentile", "log2", "llaq"]
 
 
 def initialised(kind: str, bits: int, seed: int) -> tuple[torch.nn.Module, torch.Tensor]:
-    q, w = initialised(kind, bits, seed)
+    """A quantizer of ``kind`` initialised on a Laplace weight drawn with ``seed``, and the weight."""
+    w = weight(seed)
+    q = make(kind, bits)
+    q.init(w)
     return q, w
 
 
