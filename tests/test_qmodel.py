@@ -12,8 +12,6 @@ from regptq_lite.observe import init_quantizers
 from regptq_lite.qmodel import (
     FIRST_LAYER_BITS,
     PREDICTION_LAYERS,
-    QuantLayer,
-    layer_policy,
     policy_table,
     quant_layers,
     quantize_detector,
@@ -70,12 +68,10 @@ def test_policy_first_layer_8_bits_prediction_layers_float():
     assert all(layer.wq is None and layer.aq is None for layer in predictions)
     others = [layer.policy for name, layer in layers[1:] if name not in PREDICTION_LAYERS]
     assert all((p.wbits, p.abits) == (4, 4) for p in others)
-    assert not any(
-        isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(p, QuantLayer)
-        for p in qmodel.modules()
-        for m in p.children()
-        if not isinstance(p, QuantLayer)
-    )
+    unwrapped = [
+        n for n, m in qmodel.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and not n.endswith(".layer")
+    ]
+    assert not unwrapped  # every conv/linear sits inside a QuantLayer
     table = policy_table(qmodel)
     assert "first layer at 8 bits" in table and "final prediction layer stays in float" in table
 
@@ -101,7 +97,6 @@ def test_bad_bits_are_rejected(bad):
 
 def test_unknown_regime_is_rejected():
     with pytest.raises(ValueError, match="unknown regime"):
-        layer_policy  # noqa: B018 - keeps the import honest
         quantize_detector(build_model("tiny_retinanet")[0], 4, 4, regime="head_only")
 
 
