@@ -24,7 +24,8 @@ from .scenes import SPLIT_SIZES, SceneSet
 class Method:
     """A PTQ method: how the head's weights are quantized, and how units are reconstructed.
 
-    ``recon`` None means no reconstruction (observers and round-to-nearest only).
+    ``recon`` overrides :class:`ReconSettings`; ``reconstruct=False`` means observers and
+    round-to-nearest only.
     """
 
     description: str
