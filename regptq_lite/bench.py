@@ -19,6 +19,7 @@ import torch
 import torchvision
 from tqdm.auto import tqdm
 
+from .atomic import write_atomic
 from .cost import cost_table
 from .detectors import DATA_DIR, load_checkpoint
 from .fgic import THETA_C as FGIC_THETA_C
@@ -211,12 +212,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def run_bench(fast: bool = False, out_dir: Path | None = None, methods: list[str] | None = None) -> dict:
     """Run (or resume) every benchmark; write ``bench.json`` and ``bench.md`` to ``out_dir``."""
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
@@ -258,6 +253,6 @@ def run_bench(fast: bool = False, out_dir: Path | None = None, methods: list[str
             run.pop("units", None)
             done[key] = {**run, "table": spec["table"], "key": key}
         result["runs"].append({**done[key], "table": spec["table"]})
-        _write_atomic(path, json.dumps(result, indent=2) + "\n")
-    _write_atomic(out_dir / "bench.md", markdown(result))
+        write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
+    write_atomic(out_dir / "bench.md", lambda tmp: tmp.write_text(markdown(result)))
     return result

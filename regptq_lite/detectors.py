@@ -22,6 +22,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from .atomic import write_atomic
 from .scenes import CLASSES, IMAGE_SIZE, to_tensor
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -165,9 +166,5 @@ def load_checkpoint(name: str = "tiny_retinanet", path: str | Path | None = None
 def save_checkpoint(model: nn.Module, path: Path, card: dict) -> None:
     """Write the weights and their JSON card atomically (temp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
-    card_tmp = path.with_suffix(".json.tmp")
-    card_tmp.write_text(json.dumps(card, indent=2) + "\n")
-    card_tmp.replace(card_path(path))
+    write_atomic(path, lambda tmp: torch.save(model.state_dict(), tmp))
+    write_atomic(card_path(path), lambda tmp: tmp.write_text(json.dumps(card, indent=2) + "\n"))

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .atomic import write_atomic
 from .qmodel import QuantLayer, quant_layers
 from .quantizers import LogAffineQuantizer, UniformQuantizer
 
@@ -59,13 +60,7 @@ def save_integer(qmodel: nn.Module, path: str | Path) -> Path:
     path = Path(path)
     if path.parent and not path.parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {path.parent}")
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(export_integer(qmodel), tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(path, lambda tmp: torch.save(export_integer(qmodel), tmp))
 
 
 def _int_matmul(cols: torch.Tensor, weight_int: torch.Tensor) -> torch.Tensor:

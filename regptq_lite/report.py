@@ -10,6 +10,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from .atomic import write_atomic
 from .coco_eval import evaluate, predict
 from .detectors import CHECKPOINTS, card_path, load_checkpoint
 from .scenes import SceneSet
@@ -73,8 +74,4 @@ def build_report(out_dir: Path = REPORTS_DIR, name: str = "tiny_retinanet") -> P
         else "<p>No notebook has been rendered yet.</p>",
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    index = out_dir / "index.html"
-    tmp = index.with_suffix(".html.tmp")
-    tmp.write_text(page)
-    tmp.replace(index)
-    return index
+    return write_atomic(out_dir / "index.html", lambda tmp: tmp.write_text(page))

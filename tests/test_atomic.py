@@ -1,0 +1,23 @@
+import pytest
+
+from regptq_lite.atomic import write_atomic
+
+
+def test_a_failed_write_leaves_no_file_and_keeps_the_old_one(tmp_path):
+    target = tmp_path / "result.json"
+    target.write_text("old")
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, fail)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_a_finished_write_replaces_the_file(tmp_path):
+    target = tmp_path / "result.json"
+    assert write_atomic(target, lambda tmp: tmp.write_text("new")) == target
+    assert target.read_text() == "new"
