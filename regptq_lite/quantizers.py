@@ -252,7 +252,7 @@ class LogAffineQuantizer(nn.Module):
             top = d.amax(dim=dims, keepdim=True).clamp_min(1e-8)
             best = torch.full_like(top, float("inf"))
             best_k, best_a = torch.ones_like(top), torch.zeros_like(top)
-            for clip in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5):
+            for clip in torch.logspace(0, -1.3, 16).tolist():
                 for octaves in torch.linspace(0.5, 16, 32).tolist():
                     k = torch.full_like(top, max(self.emax, 1) / octaves)
                     a = self.emax - k * torch.log2(top * clip)
