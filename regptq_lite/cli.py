@@ -120,6 +120,24 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
 
 
+def _cmd_toy(args: argparse.Namespace) -> None:
+    from .toy import summary
+
+    result = summary(seed=args.seed, draws=args.draws)
+    if args.json:
+        print(json.dumps(result))
+        return
+    for model in result["noise"]:
+        last = {kind: rows[-1][1] for kind, rows in result["noise"][model].items()}
+        scale = result["scale"][model]
+        print(
+            f"{model}: share of task lost at s={result['sigmas'][-1]}: "
+            + ", ".join(f"{kind} {v:.3f}" for kind, v in last.items())
+            + f"; INT4 clip ratio: MSE-optimal {scale['mse_opt']:.2f}, task-optimal {scale['task_opt']:.2f};"
+            f" kurtosis {result['kurtosis'][model]:.2f}"
+        )
+
+
 def _cmd_report(args: argparse.Namespace) -> None:
     from .report import build_report
 
@@ -175,6 +193,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="output folder (default: data/results, --fast: reports/bench)"
     )
     p.set_defaults(run=_cmd_bench)
+
+    p = sub.add_parser("toy", help="the paper's toy study: regressor vs classifier under noise and quantization")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--draws", type=_positive_int, default=20, help="noise draws per point")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_cmd_toy)
 
     p = sub.add_parser("report", help="write the HTML report to reports/")
     p.add_argument("--out", type=Path, default=REPORTS_DIR)

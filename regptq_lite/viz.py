@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import torch
 from matplotlib.patches import Rectangle
 
 from .scenes import CLASSES, Scene
@@ -36,5 +37,131 @@ def plot_detections(scenes: list[Scene], outputs: list[dict], score_thresh: floa
         keep = out["scores"] >= score_thresh
         draw_boxes(ax, out["boxes"][keep], out["labels"][keep] - 1, out["scores"][keep])
     fig.suptitle(f"white dashed: ground truth; coloured: detections with score >= {score_thresh}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+STYLE = {"regressor": "#d62728", "classifier": "#1f77b4", "box": "#d62728", "class": "#1f77b4"}
+
+
+def plot_noise_sensitivity(noise: dict) -> plt.Figure:
+    """Toy study: degradation against the noise size, per model and noise kind (``toy.summary()["noise"]``)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    dashes = {"uniform": "-", "gaussian": "--", "uniform_same_std": ":"}
+    for model, kinds in noise.items():
+        for kind, rows in kinds.items():
+            s, d = zip(*rows)
+            ax.plot(s, d, dashes[kind], marker="o", ms=3, color=STYLE[model], label=f"{model}, {kind}")
+    ax.set(xlabel="noise size s", ylabel="share of the task lost (increase)", title="Noise on the trained weights")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_scale_sweep(sweeps: dict[str, dict]) -> plt.Figure:
+    """Toy study: each criterion (scaled to [0, 1]) against the clip ratio, one panel per model."""
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 3.4), squeeze=False)
+    for ax, (model, sweep) in zip(axes.flat, sweeps.items()):
+        ratio = [r["ratio"] for r in sweep["rows"]]
+        for key, colour in (
+            ("weight_mse", "grey"),
+            ("task_loss", "black"),
+            ("fisher", "#2ca02c"),
+            ("hessian", "#9467bd"),
+        ):
+            v = [r[key] for r in sweep["rows"]]
+            lo, hi = min(v), max(v)
+            ax.plot(ratio, [(x - lo) / (hi - lo + 1e-30) for x in v], color=colour, label=key)
+            ax.axvline(sweep["argmin"][key], color=colour, ls=":", lw=1)
+        ax.set(title=model, xlabel="clip ratio (x max |w|)", ylabel="scaled to [0, 1]")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"INT{sweeps[next(iter(sweeps))]['bits']} scale sweep: dotted lines mark each minimum", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_weight_histograms(named: dict[str, torch.Tensor], stats: list[dict], cols: int = 4) -> plt.Figure:
+    """Histograms with the fitted Laplace (solid) and Gaussian (dashed) densities and the INT4 clip (red)."""
+    rows = -(-len(named) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat[len(named) :]:
+        ax.axis("off")
+    for ax, (name, w), st in zip(axes.flat, named.items(), stats):
+        x = w.detach().flatten().double()
+        ax.hist(x.numpy(), bins=80, density=True, color="#bbbbbb")
+        grid = torch.linspace(float(x.min()), float(x.max()), 300, dtype=torch.float64)
+        lap = torch.exp(-(grid - st["laplace_loc"]).abs() / st["laplace_b"]) / (2 * st["laplace_b"])
+        gau = torch.exp(-((grid - st["gauss_mean"]) ** 2) / (2 * st["gauss_std"] ** 2)) / (
+            st["gauss_std"] * (2 * torch.pi) ** 0.5
+        )
+        ax.plot(grid, lap, color="black", lw=1)
+        ax.plot(grid, gau, color="black", lw=1, ls="--")
+        clip = st["clip"] if isinstance(st["clip"], list | tuple) else (-st["clip"], st["clip"])
+        for c in clip:
+            ax.axvline(c, color="red", lw=1)
+        ax.set_title(f"{name}\nkurtosis {st['kurtosis']:.1f}, clipped {100 * st['clipped']:.1f}%", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def plot_likelihoods(curves: dict) -> plt.Figure:
+    """The MAP argument: the flat-prior posterior of one weight under each loss."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for name, ls in (("l1", "-"), ("l2", "--"), ("logistic", ":")):
+        ax.plot(curves["w"], curves[name], ls, label=name)
+    ax.set(xlabel="weight w", ylabel="posterior density", title="Posterior of one weight under each loss")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_iou_check(steps: list[float], analytic: list[float], monte_carlo: list[float]) -> plt.Figure:
+    """Box-decoding error: the first-order E[1 - IoU] against the Monte Carlo estimate."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    ax.plot(steps, analytic, "-", color="black", label="first order (13/12) D")
+    ax.plot(steps, monte_carlo, "o", color="#d62728", label="Monte Carlo")
+    ax.set(xlabel="grid step D of the box deltas", ylabel="E[1 - IoU]", title="Rounding the deltas costs IoU")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_grid_comparison(rows: list[dict]) -> plt.Figure:
+    """Uniform vs logarithmic grid on Laplace deltas: delta MSE and IoU loss against bits."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))
+    for grid, colour in (("uniform", "#1f77b4"), ("log", "#d62728")):
+        sel = [r for r in rows if r["grid"] == grid]
+        bits = [r["bits"] for r in sel]
+        axes[0].semilogy(bits, [r["mse"] for r in sel], "o-", color=colour, label=grid)
+        axes[1].plot(bits, [r["iou_loss"] for r in sel], "o-", color=colour, label=grid)
+    axes[0].set(xlabel="bits", ylabel="delta MSE", title="Quantization error of the deltas")
+    axes[1].set(xlabel="bits", ylabel="E[1 - IoU]", title="IoU lost after decoding")
+    axes[1].legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_head_stats(table: list[dict], key: str = "kurtosis") -> plt.Figure:
+    """One statistic per head conv, class tower beside box tower, layer by layer."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    for offset, branch in ((-0.2, "class"), (0.2, "box")):
+        rows = [r for r in table if r["branch"] == branch]
+        ax.bar([i + offset for i in range(len(rows))], [r[key] for r in rows], 0.4, color=STYLE[branch], label=branch)
+    depth = max(sum(r["branch"] == b for r in table) for b in ("class", "box"))
+    ax.set_xticks(range(depth), [f"conv {i}" for i in range(depth - 1)] + ["prediction"])
+    ax.set(ylabel=key.replace("_", " "), title=f"Head, layer by layer: {key.replace('_', ' ')}")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_branch_noise(result: dict[str, list[list[float]]], metric: int = 1) -> plt.Figure:
+    """AP (``metric`` 1), AP50 (2) or AP75 (3) when only one branch of the head gets weight noise."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    for branch, rows in result.items():
+        ax.plot([r[0] for r in rows], [r[metric] for r in rows], "o-", color=STYLE[branch], label=f"{branch} branch")
+    ax.set(xlabel="noise std / weight std", ylabel=("AP", "AP50", "AP75")[metric - 1], title="Noise on one branch")
+    ax.legend()
     fig.tight_layout()
     return fig

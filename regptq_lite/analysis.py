@@ -1,0 +1,113 @@
+"""The toy study's questions asked of the real detector head (PAPER.md section 2, on the tiny RetinaNet).
+
+- ``head_weight_table``: per conv of the classification and regression towers, the weight shape
+  statistics of ``toy`` (excess kurtosis, Laplace vs Gaussian log-likelihood, share cut by the
+  MSE-optimal INT4 clip);
+- ``head_activation_table``: the same for the inputs of those convs on a batch of scenes;
+- ``branch_noise``: AP when only the box branch or only the class branch gets weight noise,
+  relative to each layer's own weight spread (noise std = sigma x std(w)).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .coco_eval import evaluate
+from .scenes import SceneSet
+from .toy import excess_kurtosis, fit_laws, mse_clip, noise
+
+BRANCHES = {"class": "classification_head", "box": "regression_head"}
+
+
+def head_convs(model: nn.Module) -> dict[str, nn.Conv2d]:
+    """The head's convs by name (``head.`` prefix dropped), towers first, prediction layers last."""
+    return {name: m for name, m in model.head.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def branch_of(name: str) -> str:
+    """``class`` or ``box``: which tower a head conv belongs to."""
+    return next(branch for branch, prefix in BRANCHES.items() if name.startswith(prefix))
+
+
+def _stats(x: torch.Tensor) -> dict[str, float]:
+    lo, hi = mse_clip(x, 4)
+    return {
+        "kurtosis": excess_kurtosis(x),
+        **fit_laws(x),
+        "clipped": float(((x < lo) | (x > hi)).float().mean()),
+    }
+
+
+def head_weight_table(model: nn.Module) -> list[dict]:
+    """One row per head conv: name, branch, and the weight statistics."""
+    return [
+        {"layer": name, "branch": branch_of(name), **_stats(conv.weight.detach())}
+        for name, conv in head_convs(model).items()
+    ]
+
+
+@torch.no_grad()
+def head_inputs(model: nn.Module, images: list[torch.Tensor], max_values: int = 200_000) -> dict[str, torch.Tensor]:
+    """The input activations of every head conv over ``images`` (a seeded subsample of at most ``max_values``)."""
+    convs = head_convs(model)
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in convs}
+    hooks = [
+        conv.register_forward_pre_hook(lambda _m, args, n=name: seen[n].append(args[0].flatten()))
+        for name, conv in convs.items()
+    ]
+    try:
+        model.eval()
+        model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for name, parts in seen.items():
+        x = torch.cat(parts)
+        out[name] = x[torch.randperm(len(x), generator=g)[:max_values]] if len(x) > max_values else x
+    return out
+
+
+def head_activation_table(model: nn.Module, images: list[torch.Tensor]) -> list[dict]:
+    """One row per head conv: name, branch, the share of exact zeros (ReLU) and the input statistics."""
+    return [
+        {"layer": name, "branch": branch_of(name), "zeros": float((x == 0).float().mean()), **_stats(x)}
+        for name, x in head_inputs(model, images).items()
+    ]
+
+
+def perturbed(model: nn.Module, branch: str, sigma: float, kind: str, seed: int) -> nn.Module:
+    """A copy of ``model`` whose ``branch`` convs (tower and prediction layer) get noise of std-relative size."""
+    if branch not in BRANCHES:
+        raise ValueError(f"unknown branch {branch!r}; expected class or box")
+    twin = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, conv in head_convs(twin).items():
+            if branch_of(name) == branch:
+                conv.weight += noise(conv.weight.shape, sigma * conv.weight.std().item(), kind, g)
+    return twin
+
+
+def branch_noise(
+    model: nn.Module,
+    sigmas: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3),
+    kind: str = "uniform",
+    images: int = 100,
+    draws: int = 1,
+    seed: int = 0,
+) -> dict[str, list[list[float]]]:
+    """{"class"|"box": [[sigma, AP, AP50, AP75], ...]} on the first ``images`` validation scenes."""
+    scenes = SceneSet("val", size=images)
+    out: dict[str, list[list[float]]] = {}
+    for branch in BRANCHES:
+        rows = []
+        for s in sigmas:
+            runs = [evaluate(perturbed(model, branch, s, kind, seed + d), scenes) for d in range(draws)]
+            rows.append([s] + [sum(r[k] for r in runs) / draws for k in ("AP", "AP50", "AP75")])
+        out[branch] = rows
+    return out

@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from regptq_lite import analysis
+from regptq_lite.scenes import SceneSet
+
+
+def test_weight_table_covers_both_towers_and_prediction_layers(fp_model):
+    table = analysis.head_weight_table(fp_model)
+    branches = [r["branch"] for r in table]
+    assert branches.count("class") == branches.count("box") == 5
+    assert all(0 <= r["clipped"] < 0.5 for r in table)
+
+
+def test_activation_table_sees_every_head_conv(fp_model):
+    table = analysis.head_activation_table(fp_model, SceneSet("calib", size=2).images())
+    assert [r["layer"] for r in table] == list(analysis.head_convs(fp_model))
+    assert all(0 <= r["zeros"] <= 1 for r in table)
+
+
+def test_perturbing_one_branch_leaves_the_other_alone(fp_model):
+    noisy = analysis.perturbed(fp_model, "box", 0.3, "uniform", seed=0)
+    before, after = analysis.head_convs(fp_model), analysis.head_convs(noisy)
+    for name in before:
+        same = torch.equal(before[name].weight, after[name].weight)
+        assert same == (analysis.branch_of(name) == "class")
+    quiet = analysis.perturbed(fp_model, "class", 0.0, "gaussian", 0)
+    assert torch.equal(
+        quiet.head.classification_head.cls_logits.weight, fp_model.head.classification_head.cls_logits.weight
+    )
+
+
+def test_unknown_branch_is_rejected(fp_model):
+    with pytest.raises(ValueError, match="unknown branch"):
+        analysis.perturbed(fp_model, "mask", 0.1, "uniform", 0)
+
+
+def test_branch_noise_rows(fp_model):
+    result = analysis.branch_noise(fp_model, sigmas=(0.0, 0.5), images=4)
+    assert set(result) == {"class", "box"}
+    assert result["class"][0] == result["box"][0]  # zero noise: the same model
+    assert all(len(row) == 4 for rows in result.values() for row in rows)

@@ -1,0 +1,94 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from regptq_lite import toy
+from regptq_lite.cli import main
+
+
+@pytest.fixture(scope="module")
+def regressor():
+    return toy.train_task("regressor", seed=0, epochs=60)
+
+
+def test_training_and_noise_are_deterministic(regressor):
+    again = toy.train_task("regressor", seed=0, epochs=60)
+    for a, b in zip(toy.weights(regressor.model), toy.weights(again.model)):
+        assert torch.equal(a, b)
+    first = toy.noise_sensitivity(regressor, (0.0, 0.1), "uniform", draws=3, seed=4)
+    assert first == toy.noise_sensitivity(again, (0.0, 0.1), "uniform", draws=3, seed=4)
+    assert first[0] == [0.0, 0.0]  # no noise, no degradation
+
+
+def test_models_have_about_the_same_size():
+    sizes = {name: sum(p.numel() for p in toy.train_task(name, epochs=1).model.parameters()) for name in toy.TASKS}
+    assert abs(sizes["regressor"] - sizes["classifier"]) < 0.1 * sizes["regressor"]
+
+
+def test_iris_file_is_the_classic_table():
+    x, y = toy.iris_data()
+    assert x.shape == (150, 4) and torch.bincount(y).tolist() == [50, 50, 50]
+
+
+def test_unknown_task_noise_and_loss_are_rejected(regressor):
+    with pytest.raises(ValueError, match="unknown toy task"):
+        toy.train_task("segmenter")
+    with pytest.raises(ValueError, match="unknown regression loss"):
+        toy.train_task("regressor", loss="l3")
+    with pytest.raises(ValueError, match="unknown noise"):
+        toy.noise_sensitivity(regressor, (0.1,), "cauchy")
+
+
+def test_exact_hessian_equals_double_backprop():
+    torch.manual_seed(0)
+    task = toy.ToyTask("regressor", toy.mlp(3, 2, hidden=3), torch.randn(16, 3), torch.randn(16, 2), loss="l2")
+    params = list(task.model.parameters())
+    grads = torch.cat(
+        [g.flatten() for g in torch.autograd.grad(task.loss_fn(task.model(task.x)), params, create_graph=True)]
+    )
+    rows = [torch.cat([h.flatten() for h in torch.autograd.grad(g, params, retain_graph=True)]) for g in grads]
+    assert torch.allclose(toy.exact_hessian(task), torch.stack(rows), atol=1e-6)
+
+
+def test_diagonal_fisher_is_the_mean_squared_per_sample_gradient(regressor):
+    params = list(regressor.model.parameters())
+    total = 0
+    for i in range(5):
+        loss = regressor.loss_fn(regressor.model(regressor.x[i : i + 1]), regressor.y[i : i + 1])
+        total = total + torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]).pow(2)
+    small = toy.ToyTask("regressor", regressor.model, regressor.x[:5], regressor.y[:5])
+    assert torch.allclose(toy.diagonal_fisher(small), total / 5, atol=1e-7)
+
+
+def test_kurtosis_and_laws_of_known_samples():
+    g = torch.Generator().manual_seed(0)
+    gauss = torch.randn(200_000, generator=g)
+    u = torch.rand(200_000, generator=g) - 0.5
+    laplace = -torch.sign(u) * torch.log1p(-2 * u.abs())
+    assert abs(toy.excess_kurtosis(gauss)) < 0.1
+    assert abs(toy.excess_kurtosis(laplace) - 3) < 0.3
+    assert abs(toy.excess_kurtosis(u) + 1.2) < 0.05
+    assert toy.fit_laws(laplace)["loglik_laplace"] > toy.fit_laws(laplace)["loglik_gauss"]
+    assert toy.fit_laws(gauss)["loglik_gauss"] > toy.fit_laws(gauss)["loglik_laplace"]
+
+
+def test_mse_clip_is_the_best_grid_and_scale_sweep_finds_minima(regressor):
+    w = toy.weights(regressor.model)[1]
+    lo, hi = toy.mse_clip(w, 4)
+    assert lo < 0 < hi <= w.abs().max() * 1.01
+    sweep = toy.scale_sweep(regressor, bits=4, ratios=np.linspace(0.2, 1.0, 5))
+    for key, ratio in sweep["argmin"].items():
+        assert min(r[key] for r in sweep["rows"]) == next(r[key] for r in sweep["rows"] if r["ratio"] == ratio)
+
+
+def test_toy_json_has_the_documented_fields(capsys):
+    assert main(["toy", "--json", "--draws", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for model in toy.TASKS:
+        for kind in ("uniform", "gaussian"):
+            rows = out["noise"][model][kind]
+            assert [r[0] for r in rows] == out["sigmas"]
+        assert set(out["scale"][model]) >= {"mse_opt", "task_opt"}
+        assert isinstance(out["kurtosis"][model], float)
