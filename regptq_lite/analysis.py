@@ -5,7 +5,8 @@
   MSE-optimal INT4 clip);
 - ``head_activation_table``: the same for the inputs of those convs on a batch of scenes;
 - ``branch_noise``: AP when only the box branch or only the class branch gets weight noise,
-  relative to each layer's own weight spread (noise std = sigma x std(w)).
+  relative to each layer's own weight spread (noise std = sigma x std(w));
+- ``branch_quantization``: AP when only one branch of the head is quantized (naive, uniform).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import torch
 from torch import nn
 
 from .coco_eval import evaluate
+from .observe import init_quantizers
+from .qmodel import quant_layers, quantize_detector, set_quant
+from .quantizers import LogAffineQuantizer
 from .scenes import SceneSet
 from .toy import excess_kurtosis, fit_laws, mse_clip, noise
 
@@ -37,6 +41,7 @@ def _stats(x: torch.Tensor) -> dict[str, float]:
     return {
         "kurtosis": excess_kurtosis(x),
         **fit_laws(x),
+        "clip": [lo, hi],
         "clipped": float(((x < lo) | (x > hi)).float().mean()),
     }
 
@@ -111,3 +116,54 @@ def branch_noise(
             rows.append([s] + [sum(r[k] for r in runs) / draws for k in ("AP", "AP50", "AP75")])
         out[branch] = rows
     return out
+
+
+def branch_layers(qmodel: nn.Module, branch: str) -> set[str]:
+    """Names of the quantized layers of one head branch (tower and prediction layer)."""
+    prefix = f"head.{BRANCHES[branch]}."
+    return {name for name, _ in quant_layers(qmodel) if name.startswith(prefix)}
+
+
+def branch_quantization(
+    model: nn.Module, wbits: int, abits: int, calib_images: int = 64, val_images: int = 200
+) -> dict[str, dict[str, float]]:
+    """COCO metrics with nothing, only the class branch, only the box branch, or everything quantized.
+
+    Naive (MSE-observer, round-to-nearest) quantizers on ``calib_images`` calibration scenes; the
+    branches keep the full-quantization policy (prediction layers stay float), the rest stays float.
+    """
+    qmodel = quantize_detector(model, wbits, abits, regime="full")
+    init_quantizers(qmodel, SceneSet("calib", size=calib_images).images())
+    scenes = SceneSet("val", size=val_images)
+    out = {}
+    for case, names in (
+        ("none", set()),
+        ("class", branch_layers(qmodel, "class")),
+        ("box", branch_layers(qmodel, "box")),
+        ("all", None),
+    ):
+        set_quant(qmodel, weights=False, activations=False)
+        set_quant(qmodel, weights=True, activations=True, names=names)
+        out[case] = evaluate(qmodel, scenes)
+    return out
+
+
+def llaq_drift(qmodel: nn.Module) -> list[dict]:
+    """Per LLAQ layer of a calibrated model: channel means of m, k and a at MSE init and after calibration."""
+    rows = []
+    for name, layer in quant_layers(qmodel):
+        if not isinstance(layer.wq, LogAffineQuantizer):
+            continue
+        fresh = LogAffineQuantizer(layer.wq.bits, channel_axis=0)
+        fresh.init(layer.layer.weight.detach())
+        for side in ("pos", "neg"):
+            rows.append(
+                {
+                    "layer": name,
+                    "side": side,
+                    **{f"{p}_init": getattr(fresh, f"{p}_{side}").mean().item() for p in ("k", "a")},
+                    **{f"{p}_learned": getattr(layer.wq, f"{p}_{side}").mean().item() for p in ("k", "a")},
+                    "m_shift": (layer.wq.m - fresh.m).abs().mean().item(),
+                }
+            )
+    return rows

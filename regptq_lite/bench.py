@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torchvision
 from tqdm.auto import tqdm
@@ -210,6 +211,53 @@ def markdown(result: dict) -> str:
                 f" | {r['compute_saving']:.2f}x | {r['storage_MB']:.2f} | {r['storage_saving']:.2f}x |"
             )
     return "\n".join(lines) + "\n"
+
+
+def load(path: Path | None = None) -> dict:
+    """A committed benchmark result (default ``data/results/bench.json``)."""
+    path = Path(path) if path is not None else RESULTS_DIR / "bench.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no benchmark results at {path}; run python -m regptq_lite bench")
+    return json.loads(path.read_text())
+
+
+def frames(result: dict) -> dict[str, pd.DataFrame]:
+    """The benchmark's tables as DataFrames of AP: ``methods`` (method x W/A), ``filter`` (theta_C x
+    theta_I), ``head_quantizer`` (kind x W/A) and ``runs`` (every run, all fields that are not nested)."""
+    runs = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, dict | list)} for r in result["runs"]])
+    runs["setting"] = "W" + runs["wbits"].astype(str) + "A" + runs["abits"].astype(str)
+    settings = [r.get("settings", {}) for r in result["runs"]]
+    runs["theta_c"] = [s.get("theta_c") for s in settings]
+    runs["theta_i"] = [s.get("theta_i") for s in settings]
+    order = [f"W{w}A{a}" for w, a in BITS] + ["W8A8"]
+
+    def table(rows: pd.DataFrame, index: str, columns: str) -> pd.DataFrame:
+        grid = rows.pivot_table(index=index, columns=columns, values="AP", aggfunc="first")
+        return grid.reindex(columns=[c for c in order if c in grid.columns] if columns == "setting" else grid.columns)
+
+    return {
+        "methods": table(runs[runs.table == "methods"], "method", "setting").reindex(
+            [m for m in METHODS if m in set(runs.method)]
+        ),
+        "filter": table(runs[runs.table == "filter"], "theta_c", "theta_i"),
+        "head_quantizer": table(runs[runs.table == "head_quantizer"], "head_weights", "setting"),
+        "runs": runs,
+    }
+
+
+def gap_to_best_baseline(methods: pd.DataFrame) -> pd.DataFrame:
+    """Per setting: Reg-PTQ's AP, the best other method's AP and the difference (empty until both ran)."""
+    if "regptq" not in methods.index or len(methods.index) < 2:
+        return pd.DataFrame(columns=["Reg-PTQ", "best baseline", "which", "gap"])
+    others = methods.drop(index="regptq")
+    return pd.DataFrame(
+        {
+            "Reg-PTQ": methods.loc["regptq"],
+            "best baseline": others.max(),
+            "which": others.idxmax(),
+            "gap": methods.loc["regptq"] - others.max(),
+        }
+    )
 
 
 def run_bench(fast: bool = False, out_dir: Path | None = None, methods: list[str] | None = None) -> dict:

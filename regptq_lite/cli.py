@@ -73,8 +73,15 @@ def _integer(text: str) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
     from .export import save_integer
-    from .methods import calibrate
+    from .methods import FAST, calibrate
+    from .scenes import SPLIT_SIZES
 
+    quick = (
+        FAST if args.fast else {"iters": 200, "calib_images": SPLIT_SIZES["calib"], "val_images": SPLIT_SIZES["val"]}
+    )
+    for key, value in quick.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.save is not None and not args.save.parent.is_dir():
         raise UsageError(f"output folder does not exist: {args.save.parent}")
     overrides = {
@@ -94,6 +101,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
         checkpoint=args.checkpoint,
         head_weight_kind=args.head_quantizer,
         overrides=overrides,
+        val_images=args.val_images,
     )
     if args.save is not None:
         result["saved"] = str(save_integer(qmodel, args.save))
@@ -141,7 +149,14 @@ def _cmd_toy(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from .report import build_report
 
-    print(f"wrote {build_report(args.out)}")
+    print(f"wrote {build_report(args.out, fast=args.fast)}")
+
+
+def _cmd_student(args: argparse.Namespace) -> None:
+    from .notebooks_io import write_students
+
+    for path in write_students(args.out):
+        print(f"wrote {path}")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -172,8 +187,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--wbits", type=_integer, required=True, help="weight bits (2-16)")
     p.add_argument("--abits", type=_integer, required=True, help="activation bits (2-16)")
-    p.add_argument("--iters", type=_integer, default=200, help="optimisation steps per unit (naive ignores it)")
-    p.add_argument("--calib-images", type=_integer, default=256)
+    p.add_argument("--iters", type=_integer, default=None, help="steps per unit (default 200; naive ignores it)")
+    p.add_argument("--calib-images", type=_integer, default=None, help="calibration scenes (default 256)")
+    p.add_argument("--val-images", type=_integer, default=None, help="validation scenes evaluated (default 500)")
+    p.add_argument(
+        "--fast", action="store_true", help="quick settings: 20 iters, 32 calibration, 100 validation scenes"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--regime", default="full", choices=list(REGIMES))
     p.add_argument("--model", default="tiny_retinanet", choices=sorted(MODELS))
@@ -200,9 +219,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_toy)
 
-    p = sub.add_parser("report", help="write the HTML report to reports/")
+    p = sub.add_parser("report", help="execute the notebooks and write the HTML report to reports/")
+    p.add_argument("--fast", action="store_true", help="FAST notebook settings (a quick run)")
     p.add_argument("--out", type=Path, default=REPORTS_DIR)
     p.set_defaults(run=_cmd_report)
+
+    p = sub.add_parser("student", help="write student copies of the notebooks (solutions removed)")
+    p.add_argument("--out", type=Path, default=Path("student"))
+    p.set_defaults(run=_cmd_student)
     return parser
 
 
@@ -213,11 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     # (threads inherit the setting from the thread that creates them).
     torch.set_flush_denormal(True)
     from .detectors import CheckpointError
+    from .notebooks_io import NotebookError
 
     try:
         args = make_parser().parse_args(argv)
         args.run(args)
-    except (UsageError, CheckpointError, ValueError, FileNotFoundError) as err:
+    except (UsageError, CheckpointError, ValueError, FileNotFoundError, NotebookError) as err:
         print(f"regptq_lite: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -144,3 +144,27 @@ class Teacher:
             return global_loss(fp_logits, fp_logits, fp_boxes, q_boxes, self.theta_c, self.theta_i)[0]
 
         return loss
+
+
+@torch.no_grad()
+def filter_view(
+    fp_model: nn.Module, qmodel: nn.Module, image: torch.Tensor, theta_c: float = THETA_C, theta_i: float = THETA_I
+) -> dict:
+    """The two-step filter on one image: per anchor the FP and quantized boxes (pixels), FP confidence,
+    and the masks I_HC (confident) and I_HC * I_HI (kept), with the share of anchors each keeps."""
+    fp, q = dense_forward(fp_model, [image]), dense_forward(qmodel, [image])
+    fp_boxes = decode(fp_model, fp.bbox_regression, fp.anchors, fp.image_size)[0]
+    q_boxes = decode(fp_model, q.bbox_regression, q.anchors, q.image_size)[0]
+    probs = torch.sigmoid(fp.cls_logits[0])
+    keep = box_filter(probs, fp_boxes, q_boxes, theta_c, theta_i)
+    h, w = fp.image_size
+    scale = fp_boxes.new_tensor([w, h, w, h])
+    return {
+        "fp_boxes": fp_boxes * scale,
+        "q_boxes": q_boxes * scale,
+        "confidence": probs.amax(-1),
+        "confident": probs.amax(-1) >= theta_c,
+        "keep": keep,
+        "share_confident": (probs.amax(-1) >= theta_c).float().mean().item(),
+        "share_kept": keep.float().mean().item(),
+    }

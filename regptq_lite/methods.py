@@ -66,11 +66,14 @@ def run_method(
     return {"settings": {**asdict(settings), "granularity": recipe.granularity}, "units": stats}
 
 
+FAST = {"iters": 20, "calib_images": 32, "val_images": 100}
+
+
 @lru_cache(maxsize=4)
-def fp_metrics(model_name: str, checkpoint: str | None) -> dict[str, float]:
-    """COCO metrics of the FP detector on the validation scenes (computed once per process)."""
+def fp_metrics(model_name: str, checkpoint: str | None, val_images: int = SPLIT_SIZES["val"]) -> dict[str, float]:
+    """COCO metrics of the FP detector on the first ``val_images`` validation scenes (once per process)."""
     model, _ = load_checkpoint(model_name, checkpoint)
-    return evaluate(model, SceneSet("val"))
+    return evaluate(model, SceneSet("val", size=val_images))
 
 
 def calibrate(
@@ -85,8 +88,10 @@ def calibrate(
     checkpoint: str | None = None,
     head_weight_kind: str | None = None,
     overrides: dict | None = None,
+    val_images: int = SPLIT_SIZES["val"],
 ) -> tuple[nn.Module, dict]:
-    """Quantize the FP detector fully with ``method``, evaluate it, return it and its result dict."""
+    """Quantize the FP detector fully with ``method``, evaluate it on the first ``val_images`` validation
+    scenes, return it and its result dict (``FAST`` holds the quick settings of tests and notebooks)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     check_bits(wbits)
@@ -97,6 +102,8 @@ def calibrate(
         raise ValueError(f"the calibration set is empty (--calib-images {calib_images}); need at least 1 image")
     if calib_images > SPLIT_SIZES["calib"]:
         raise ValueError(f"--calib-images {calib_images} exceeds the {SPLIT_SIZES['calib']} calibration scenes")
+    if not 1 <= val_images <= SPLIT_SIZES["val"]:
+        raise ValueError(f"--val-images must be in 1..{SPLIT_SIZES['val']}, got {val_images}")
     torch.manual_seed(seed)
     start = time.time()
     fp_model, _ = load_checkpoint(model_name, checkpoint)
@@ -104,7 +111,7 @@ def calibrate(
     qmodel = quantize_detector(fp_model, wbits, abits, regime=regime, head_weight_kind=head_kind)
     images = SceneSet("calib", size=calib_images).images()
     details = run_method(method, qmodel, images, iters, seed, overrides or {})
-    metrics = evaluate(qmodel, SceneSet("val"))
+    metrics = evaluate(qmodel, SceneSet("val", size=val_images))
     result = {
         "method": method,
         "model": model_name,
@@ -113,10 +120,11 @@ def calibrate(
         "AP": metrics["AP"],
         "AP50": metrics["AP50"],
         "AP75": metrics["AP75"],
-        "fp_AP": fp_metrics(model_name, None if checkpoint is None else str(checkpoint))["AP"],
+        "fp_AP": fp_metrics(model_name, None if checkpoint is None else str(checkpoint), val_images)["AP"],
         "seconds": round(time.time() - start, 1),
         "iters": iters if METHODS[method].reconstruct else 0,
         "calib_images": calib_images,
+        "val_images": val_images,
         "seed": seed,
         "regime": regime,
         "head_weights": head_kind,

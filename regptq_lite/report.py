@@ -1,4 +1,5 @@
-"""The HTML report: ``reports/index.html`` with the FP detector's card, metrics and detections."""
+"""The HTML report: every notebook executed and rendered to ``reports/NN_name.html``, and
+``reports/index.html`` with the FP detector's card, metrics and detections and a link to each notebook."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from tqdm.auto import tqdm
 
 from .atomic import write_atomic
 from .coco_eval import evaluate, predict
 from .detectors import CHECKPOINTS, card_path, load_checkpoint
+from .notebooks_io import NOTEBOOKS_DIR, execute, notebooks, render, summary
 from .scenes import SceneSet
 from .viz import plot_detections
 
@@ -34,6 +37,7 @@ img {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 .2rem; }}
 <p>COCO box metrics (0-100) on the {images} validation scenes, recomputed while this report was built.</p>
 <img alt="detections of the FP detector on validation scenes" src="data:image/png;base64,{figure}">
 <h2>Notebooks</h2>
+<p>Executed top to bottom for this report, with {mode}.</p>
 {notebooks}
 </body></html>
 """
@@ -46,8 +50,29 @@ def _png_base64(fig: plt.Figure) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def build_report(out_dir: Path = REPORTS_DIR, name: str = "tiny_retinanet") -> Path:
-    """Evaluate the shipped detector, draw its detections and write ``out_dir/index.html``."""
+def render_notebooks(out_dir: Path, fast: bool, seed: int = 0, folder: Path = NOTEBOOKS_DIR) -> list[tuple[Path, str]]:
+    """Execute every notebook (``INTERACTIVE=False``) and render it; (html path, one-line summary) each."""
+    import papermill
+
+    pages = []
+    for path in tqdm(notebooks(folder), desc="notebooks", unit="nb"):
+        executed = out_dir / path.name
+        try:
+            execute(path, executed, fast=fast, seed=seed)
+        except papermill.PapermillExecutionError as err:
+            raise RuntimeError(
+                f"notebook {path.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}"
+            ) from None
+        pages.append((render(executed, out_dir / f"{path.stem}.html"), summary(path)))
+    return pages
+
+
+def build_report(
+    out_dir: Path = REPORTS_DIR, fast: bool = False, name: str = "tiny_retinanet", with_notebooks: bool = True
+) -> Path:
+    """Run and render the notebooks, evaluate the shipped detector and write ``out_dir/index.html``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pages = render_notebooks(out_dir, fast) if with_notebooks else []
     model, _ = load_checkpoint(name)
     card = json.loads(card_path(CHECKPOINTS[name]).read_text())
     val = SceneSet("val")
@@ -55,7 +80,6 @@ def build_report(out_dir: Path = REPORTS_DIR, name: str = "tiny_retinanet") -> P
     shown = SceneSet("val", size=8)
     figure = _png_base64(plot_detections([shown[i] for i in range(len(shown))], predict(model, shown)))
     names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-    notebooks = sorted(out_dir.glob("[0-9][0-9]_*.html"))
     page = PAGE.format(
         model=html.escape(name),
         parameters=card["parameters"],
@@ -69,9 +93,11 @@ def build_report(out_dir: Path = REPORTS_DIR, name: str = "tiny_retinanet") -> P
         metric_cells="".join("<td>n/a</td>" if metrics[n] is None else f"<td>{metrics[n]:.1f}</td>" for n in names),
         images=metrics["images"],
         figure=figure,
-        notebooks="<ul>" + "".join(f'<li><a href="{p.name}">{p.stem}</a></li>' for p in notebooks) + "</ul>"
-        if notebooks
-        else "<p>No notebook has been rendered yet.</p>",
+        mode="FAST settings (a quick run: fewer images and iterations)" if fast else "full settings",
+        notebooks="<ul>"
+        + "".join(f'<li><a href="{p.name}">{html.escape(p.stem)}</a>: {html.escape(text)}</li>' for p, text in pages)
+        + "</ul>"
+        if pages
+        else "<p>No notebook was rendered in this build.</p>",
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
     return write_atomic(out_dir / "index.html", lambda tmp: tmp.write_text(page))

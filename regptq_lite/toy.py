@@ -14,6 +14,7 @@ classifier the error rate (2/3 = chance). Everything is seeded; the same call gi
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,7 +201,9 @@ def exact_hessian(task: ToyTask) -> torch.Tensor:
         tensors = {n: c.reshape(s) for n, c, s in zip(names, torch.split(flat, sizes), shapes)}
         return task.loss_fn(torch.func.functional_call(task.model, tensors, (task.x,)))
 
-    return torch.func.hessian(loss_of)(_flat(task.model))
+    with warnings.catch_warnings():  # torch.func's first use imports a deprecated torch.jit helper
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        return torch.func.hessian(loss_of)(_flat(task.model))
 
 
 def scale_sweep(task: ToyTask, bits: int = 4, ratios: np.ndarray | None = None) -> dict:
@@ -274,28 +277,35 @@ def weight_stats(task: ToyTask, bits: int = 4) -> list[dict]:
     return out
 
 
+def noise_table(tasks: dict[str, ToyTask], sigmas: tuple[float, ...] = SIGMAS, draws: int = 20, seed: int = 0) -> dict:
+    """{task: {"uniform" | "gaussian" | "uniform_same_std": [[sigma, degradation], ...]}}.
+
+    ``uniform_same_std`` draws U[-sqrt(3) s, sqrt(3) s), whose standard deviation equals the Gaussian's s.
+    """
+    same_std = tuple(s * 3**0.5 for s in sigmas)
+    return {
+        name: {
+            "uniform": noise_sensitivity(t, sigmas, "uniform", draws, seed),
+            "gaussian": noise_sensitivity(t, sigmas, "gaussian", draws, seed),
+            "uniform_same_std": [
+                [s, d] for s, (_, d) in zip(sigmas, noise_sensitivity(t, same_std, "uniform", draws, seed))
+            ],
+        }
+        for name, t in tasks.items()
+    }
+
+
 def summary(seed: int = 0, draws: int = 20) -> dict:
     """The headline figures of the toy study, as printed by ``python -m regptq_lite toy --json``.
 
-    Beyond the paper: ``noise[...]["uniform_same_std"]`` draws U[-sqrt(3) s, sqrt(3) s), whose standard
-    deviation equals the Gaussian's s, and ``scale["regressor_l2"]`` repeats the scale sweep on a regressor
-    trained with an L2 loss (the L1 loss is piecewise linear, so its Hessian says little).
+    Beyond the paper: ``noise[...]["uniform_same_std"]`` (see ``noise_table``) and ``scale["regressor_l2"]``,
+    the scale sweep of a regressor trained with an L2 loss (an L1 loss is piecewise linear: its Hessian says little).
     """
     tasks = {name: train_task(name, seed) for name in TASKS}
     result: dict = {"seed": seed, "draws": draws, "sigmas": list(SIGMAS)}
     result["parameters"] = {name: sum(p.numel() for p in t.model.parameters()) for name, t in tasks.items()}
     result["clean_error"] = {name: t.error() for name, t in tasks.items()}
-    same_std = tuple(s * 3**0.5 for s in SIGMAS)
-    result["noise"] = {
-        name: {
-            "uniform": noise_sensitivity(t, SIGMAS, "uniform", draws, seed),
-            "gaussian": noise_sensitivity(t, SIGMAS, "gaussian", draws, seed),
-            "uniform_same_std": [
-                [s, d] for s, (_, d) in zip(SIGMAS, noise_sensitivity(t, same_std, "uniform", draws, seed))
-            ],
-        }
-        for name, t in tasks.items()
-    }
+    result["noise"] = noise_table(tasks, SIGMAS, draws, seed)
     sweeps = {name: scale_sweep(t) for name, t in tasks.items()}
     sweeps["regressor_l2"] = scale_sweep(train_task("regressor", seed, loss="l2"))
     result["scale"] = {

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.patches import Rectangle
 
 from .scenes import CLASSES, Scene
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CLASS_COLOURS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00")
 
@@ -163,5 +168,63 @@ def plot_branch_noise(result: dict[str, list[list[float]]], metric: int = 1) -> 
         ax.plot([r[0] for r in rows], [r[metric] for r in rows], "o-", color=STYLE[branch], label=f"{branch} branch")
     ax.set(xlabel="noise std / weight std", ylabel=("AP", "AP50", "AP75")[metric - 1], title="Noise on one branch")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_drift(
+    scenes: list[Scene], fp_outputs: list[dict], q_outputs: list[dict], score_thresh: float = 0.5
+) -> plt.Figure:
+    """FP detections (white, dashed) against the quantized model's (coloured): how far boxes drift."""
+    fig, axes = plt.subplots(1, len(scenes), figsize=(2.8 * len(scenes), 3.0), squeeze=False)
+    for ax, scene, fp, q in zip(axes.flat, scenes, fp_outputs, q_outputs):
+        ax.imshow(scene.image, extent=(0, scene.image.shape[1], scene.image.shape[0], 0))
+        keep_fp, keep_q = fp["scores"] >= score_thresh, q["scores"] >= score_thresh
+        draw_boxes(ax, fp["boxes"][keep_fp], fp["labels"][keep_fp] - 1, colour="white", dashed=True, captions=False)
+        draw_boxes(ax, q["boxes"][keep_q], q["labels"][keep_q] - 1, q["scores"][keep_q])
+        ax.axis("off")
+    fig.suptitle(f"white dashed: FP detector; coloured: quantized detector (score >= {score_thresh})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_filter(
+    image, fp_boxes: torch.Tensor, q_boxes: torch.Tensor, confident: torch.Tensor, keep: torch.Tensor
+) -> plt.Figure:
+    """FGIC's filter on one image (boxes in pixels): confident pairs it keeps vs confident pairs it drops."""
+    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.6))
+    for ax, mask, title in (
+        (axes[0], keep, "kept: confident and IoU >= theta_I"),
+        (axes[1], confident & ~keep, "dropped: confident, IoU < theta_I"),
+    ):
+        ax.imshow(image, extent=(0, image.shape[1], image.shape[0], 0))
+        draw_boxes(ax, fp_boxes[mask], [0] * int(mask.sum()), colour="white", dashed=True, captions=False)
+        draw_boxes(ax, q_boxes[mask], [0] * int(mask.sum()), colour="#d62728", captions=False)
+        ax.set_title(f"{title} ({int(mask.sum())})", fontsize=8)
+        ax.axis("off")
+    fig.suptitle("anchor pairs: FP box white dashed, quantized box red", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_bench_bits(methods: pd.DataFrame, fp_ap: float) -> plt.Figure:
+    """AP against the bit setting, one line per method (``bench.frames(...)["methods"]``)."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for method, row in methods.iterrows():
+        ax.plot(list(row.index), row.values, "o-", label=method, lw=2.2 if method == "regptq" else 1.2)
+    ax.axhline(fp_ap, color="black", ls=":", label=f"FP {fp_ap:.1f}")
+    ax.set(xlabel="weight / activation bits", ylabel="AP", title="Full quantization of the tiny RetinaNet")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_heatmap(table: pd.DataFrame, title: str, fmt: str = ".1f") -> plt.Figure:
+    """A small annotated heatmap of a DataFrame (e.g. the theta_C x theta_I ablation)."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.4))
+    sns.heatmap(table, annot=True, fmt=fmt, cmap="viridis", ax=ax, cbar_kws={"label": "AP"})
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig

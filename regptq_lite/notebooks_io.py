@@ -1,0 +1,98 @@
+"""Run, render and hand out the notebooks: papermill execution with the ``FAST``/``SEED``/``INTERACTIVE``
+parameters, nbconvert HTML with figures as embedded PNG, and student copies without solutions.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import nbformat
+from nbconvert import HTMLExporter
+
+from .atomic import write_atomic
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+SOLUTION = re.compile(r"^([ \t]*)### BEGIN SOLUTION\n.*?^[ \t]*### END SOLUTION[ \t]*$", re.S | re.M)
+KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
+class NotebookError(RuntimeError):
+    """A notebook failed while it was executed."""
+
+
+def notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The master notebooks, in order (``NN_name.ipynb``)."""
+    found = sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    if not found:
+        raise FileNotFoundError(f"no notebooks (NN_name.ipynb) in {folder}")
+    return found
+
+
+def summary(path: Path) -> str:
+    """The notebook's one-line summary (``metadata.regptq.summary``)."""
+    return nbformat.read(path, as_version=4).metadata.get("regptq", {}).get("summary", "")
+
+
+def execute(path: Path, out: Path, fast: bool, seed: int = 0, interactive: bool = False) -> Path:
+    """Run ``path`` on a fresh ``python3`` kernel with the parameters; write the executed copy to ``out``."""
+    import papermill
+
+    parameters = {"FAST": fast, "SEED": seed, "INTERACTIVE": interactive}
+
+    def run(tmp: Path) -> None:
+        try:
+            warnings.filterwarnings("ignore", message="The specified file .* does not end in", category=UserWarning)
+            papermill.execute_notebook(
+                str(path),
+                str(tmp),
+                parameters=parameters,
+                kernel_name="python3",
+                cwd=str(path.parent),
+                progress_bar=False,
+            )
+        except papermill.PapermillExecutionError as err:
+            raise NotebookError(
+                f"notebook {path.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}"
+            ) from None
+
+    return write_atomic(out, run)
+
+
+def render(executed: Path, out: Path) -> Path:
+    """HTML of an executed notebook (no re-execution); figures stay embedded PNG images."""
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    return write_atomic(out, lambda tmp: tmp.write_text(body, encoding="utf-8"))
+
+
+def strip_solutions(source: str) -> str:
+    """Each ``### BEGIN SOLUTION`` .. ``### END SOLUTION`` block -> ``# YOUR CODE HERE`` + raise, same indent."""
+    return SOLUTION.sub(lambda m: f"{m[1]}# YOUR CODE HERE\n{m[1]}raise NotImplementedError()", source)
+
+
+def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """No outputs, execution counts or widget state; kernel ``python3``."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        cell.metadata.pop("execution", None)
+    nb.metadata.pop("widgets", None)
+    nb.metadata.pop("papermill", None)
+    nb.metadata["kernelspec"] = dict(KERNEL)
+    return nb
+
+
+def student_copy(path: Path, out: Path) -> Path:
+    """Write the student version of ``path`` to ``out``: solutions replaced, outputs cleared."""
+    nb = clean(nbformat.read(path, as_version=4))
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.source = strip_solutions(cell.source)
+    return write_atomic(out, lambda tmp: nbformat.write(nb, str(tmp)))
+
+
+def write_students(out_dir: Path, folder: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """Student copies of every master notebook in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [student_copy(p, out_dir / p.name) for p in notebooks(folder)]

@@ -1,0 +1,153 @@
+"""The interactive LLAQ explorer of notebook 04: sliders for bits, m, k+, a+, k-, a- on a real head weight.
+
+``llaq_panel`` draws one setting (histogram, levels of LLAQ, uniform and log2 grids, MSE, box error) and is
+what the sliders call; ``llaq_explorer`` wires the sliders to it. ``BoxProbe`` measures the box error: the
+IoU the FP detector's confident boxes lose when that one conv's weight is replaced by its quantized form.
+"""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import display
+from torch import nn
+
+from .fgic import decode, paired_iou
+from .quantizers import Log2Quantizer, LogAffineQuantizer, UniformQuantizer
+
+PARAMS = ("m", "k_pos", "a_pos", "k_neg", "a_neg")
+
+
+class BoxProbe:
+    """Mean 1 - IoU of the FP detector's confident dense boxes when one head conv gets a new weight."""
+
+    @torch.no_grad()
+    def __init__(self, model: nn.Module, layer: str, images: list[torch.Tensor], score: float = 0.05) -> None:
+        self.model, self.conv = model.eval(), model.get_submodule(layer)
+        self.weight = self.conv.weight.detach().clone()
+        batch, _ = model.transform(images)
+        self.features = list(model.backbone(batch.tensors).values())
+        self.anchors = model.anchor_generator(batch, self.features)[0]
+        self.image_size = tuple(batch.tensors.shape[-2:])
+        self.boxes, logits = self._boxes()
+        self.keep = torch.sigmoid(logits).amax(-1) >= score
+
+    def _boxes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.head(self.features)
+        return decode(self.model, out["bbox_regression"], self.anchors, self.image_size), out["cls_logits"]
+
+    @torch.no_grad()
+    def iou_loss(self, weight: torch.Tensor) -> float:
+        """Mean 1 - IoU over the confident anchors with ``weight`` in place of the layer's own."""
+        self.conv.weight.copy_(weight)
+        try:
+            boxes, _ = self._boxes()
+        finally:
+            self.conv.weight.copy_(self.weight)
+        return (1 - paired_iou(self.boxes, boxes))[self.keep].mean().item()
+
+
+def llaq_initial(weight: torch.Tensor, bits: int) -> dict[str, float]:
+    """Per-tensor LLAQ parameters from the MSE search (the sliders' starting point)."""
+    q = LogAffineQuantizer(bits, channel_axis=0)
+    q.init(weight.detach().reshape(1, -1))
+    return {name: getattr(q, name).item() for name in PARAMS}
+
+
+def llaq_quantizer(bits: int, **params: float) -> LogAffineQuantizer:
+    """A per-tensor LLAQ with the given m, k_pos, a_pos, k_neg, a_neg."""
+    q = LogAffineQuantizer(bits, channel_axis=0)
+    for name in PARAMS:
+        setattr(q, name, nn.Parameter(torch.tensor([float(params[name])])))
+    q.initialized = True
+    return q
+
+
+def compare_grids(weight: torch.Tensor, bits: int, probe: BoxProbe | None = None, **params: float) -> dict:
+    """Quantized weights, MSE (and box error with a probe) for LLAQ at ``params``, uniform-MSE and log2."""
+    w = weight.detach()
+    flat = w.reshape(1, -1)
+    uniform, log2 = UniformQuantizer(bits, channel_axis=0, observer="mse"), Log2Quantizer(bits, channel_axis=0)
+    out = {}
+    with torch.no_grad():
+        for name, q in (("LLAQ", llaq_quantizer(bits, **params)), ("uniform", uniform), ("log2", log2)):
+            wq = q(flat).reshape(w.shape)
+            out[name] = {
+                "weights": wq,
+                "levels": torch.unique(wq),
+                "mse": (wq - w).pow(2).mean().item(),
+                "box_error": probe.iou_loss(wq) if probe is not None else None,
+            }
+    return out
+
+
+def llaq_panel(
+    weight: torch.Tensor, bits: int, probe: BoxProbe | None = None, **params: float
+) -> tuple[plt.Figure, dict]:
+    """One setting of the explorer: histogram with each grid's levels, and the figures of merit."""
+    result = compare_grids(weight, bits, probe, **params)
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    x = weight.detach().flatten()
+    lo, hi = torch.quantile(x, torch.tensor([0.0005, 0.9995])).tolist()
+    ax.hist(x.numpy(), bins=150, range=(lo, hi), color="#cccccc", density=True)
+    top = ax.get_ylim()[1]
+    for row, (name, colour) in enumerate((("LLAQ", "#d62728"), ("uniform", "#1f77b4"), ("log2", "#2ca02c"))):
+        r = result[name]
+        label = f"{name}: MSE {r['mse']:.3g}" + ("" if r["box_error"] is None else f", box 1-IoU {r['box_error']:.4f}")
+        ax.vlines(r["levels"].numpy(), top * (1.02 + 0.08 * row), top * (1.08 + 0.08 * row), color=colour, label=label)
+    ax.axvline(params["m"], color="#d62728", ls=":", lw=1)
+    ax.set(xlim=(lo, hi), ylim=(0, top * 1.3), xlabel="weight", ylabel="density", title=f"{bits}-bit grids")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 0.76))
+    fig.tight_layout()
+    return fig, {name: {k: v for k, v in r.items() if k in ("mse", "box_error")} for name, r in result.items()}
+
+
+def llaq_explorer(weight: torch.Tensor, probe: BoxProbe | None = None, bits: int = 4) -> widgets.VBox:
+    """Sliders for bits, m, k+, a+, k-, a-, redrawing ``llaq_panel`` (a new bit-width restarts from its MSE search)."""
+    start = llaq_initial(weight, bits)
+    spread = weight.detach().std().item()
+    sliders = {
+        "bits": widgets.IntSlider(value=bits, min=2, max=8, description="bits"),
+        "m": widgets.FloatSlider(
+            value=start["m"], min=-spread, max=spread, step=spread / 100, description="m", readout_format=".4f"
+        ),
+        **{
+            name: widgets.FloatSlider(value=start[name], min=0.1, max=4.0, step=0.05, description=name)
+            for name in ("k_pos", "k_neg")
+        },
+        **{
+            name: widgets.FloatSlider(value=start[name], min=-5.0, max=40.0, step=0.25, description=name)
+            for name in ("a_pos", "a_neg")
+        },
+    }  # fmt: skip
+    output = widgets.Output()
+    box = widgets.VBox([widgets.HBox(list(sliders.values())[:3]), widgets.HBox(list(sliders.values())[3:]), output])
+    box.stats = {}
+
+    quiet = [False]
+
+    def update(_change: object = None) -> None:
+        if quiet[0]:
+            return
+        values = {name: s.value for name, s in sliders.items()}
+        fig, box.stats = llaq_panel(weight, values.pop("bits"), probe, **values)
+        with output:
+            output.clear_output(wait=True)
+            display(fig)
+        plt.close(fig)
+
+    def reset(change: dict) -> None:
+        """A new bit-width starts from its own MSE-searched parameters."""
+        quiet[0] = True
+        for name, value in llaq_initial(weight, change["new"]).items():
+            sliders[name].value = value
+        quiet[0] = False
+        update()
+
+    sliders["bits"].observe(reset, names="value")
+    for name in PARAMS:
+        sliders[name].observe(update, names="value")
+    box.sliders, box.update = sliders, update
+    update()
+    return box

@@ -1,0 +1,163 @@
+"""The notebooks: stored clean, run in FAST mode (via ``report --fast``, once per session), rendered with their
+figures, shown by a real browser, handed out as student copies, and graded by checks that can fail."""
+
+import math
+import re
+import shutil
+import subprocess
+
+import matplotlib.image as mpimg
+import nbformat
+import numpy as np
+import pytest
+import torch
+from nbclient import NotebookClient
+
+from regptq_lite import checks
+from regptq_lite.cli import main
+from regptq_lite.notebooks_io import NOTEBOOKS_DIR, SOLUTION, notebooks, strip_solutions
+from regptq_lite.report import build_report
+
+CHECK_CALL = re.compile(r"^checks\.(\w+)\((\w+)\);?$")
+
+
+def exercises(path):
+    """(solution cell, check cell) pairs of a master notebook."""
+    cells = nbformat.read(path, as_version=4).cells
+    return [(cells[i], cells[i + 1]) for i, c in enumerate(cells) if "### BEGIN SOLUTION" in c.source]
+
+
+@pytest.fixture(scope="session")
+def fast_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    build_report(out, fast=True)
+    return out
+
+
+def test_notebooks_are_stored_clean():
+    for path in notebooks():
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata.kernelspec.name == "python3", path.name
+        assert "widgets" not in nb.metadata, path.name
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.outputs == [] and c.execution_count is None for c in code), path.name
+        first = code[0]
+        assert "parameters" in first.metadata.get("tags", []), path.name
+        assert all(f"{p} =" in first.source for p in ("FAST", "SEED", "INTERACTIVE")), path.name
+        assert nb.metadata["regptq"]["summary"], path.name
+
+
+def test_every_notebook_runs_fast_without_error_output(fast_report):
+    for path in notebooks():
+        nb = nbformat.read(fast_report / path.name, as_version=4)
+        for cell in nb.cells:
+            for out in cell.get("outputs", []):
+                assert out.output_type != "error", f"{path.name}: {out.get('ename')}: {out.get('evalue')}"
+                if out.output_type == "stream" and out.name == "stderr":
+                    assert "Error" not in out.text and "Traceback" not in out.text, f"{path.name}: {out.text[:300]}"
+
+
+def test_rendered_pages_carry_their_figures_and_the_index_links_them(fast_report):
+    index = (fast_report / "index.html").read_text()
+    for path in notebooks():
+        page = (fast_report / f"{path.stem}.html").read_text()
+        assert page.count("data:image/png;base64,") >= 2, path.name
+        assert f'href="{path.stem}.html"' in index
+    assert not list(fast_report.glob("*.tmp"))
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (make test installs it as root)")
+def test_a_real_browser_shows_every_page_with_images(fast_report, tmp_path):
+    pages = [fast_report / "index.html"] + [fast_report / f"{p.stem}.html" for p in notebooks()]
+    for page in pages:
+        shot = tmp_path / f"{page.stem}.png"
+        subprocess.run(
+            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--window-size=1200,4000", f"--screenshot={shot}", page.as_uri()],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        rgb = mpimg.imread(shot)[..., :3]
+        assert rgb.std() > 0.05, f"{page.name}: the screenshot is blank"
+        # figures are in colour; text and page chrome are grey: colourful pixels mean the images loaded
+        colourful = (rgb.max(-1) - rgb.min(-1)) > 0.25
+        assert colourful.mean() > 0.002, f"{page.name}: no figure visible in the screenshot"
+
+
+def test_student_copies_have_no_solutions(tmp_path):
+    assert main(["student", "--out", str(tmp_path)]) == 0
+    for path in notebooks():
+        master = nbformat.read(path, as_version=4)
+        student = nbformat.read(tmp_path / path.name, as_version=4)
+        solutions = [m[0] for c in master.cells for m in SOLUTION.finditer(c.source)]
+        text = "\n".join(c.source for c in student.cells)
+        assert "### BEGIN SOLUTION" not in text and "### END SOLUTION" not in text
+        assert text.count("# YOUR CODE HERE") == text.count("raise NotImplementedError()") == len(solutions)
+        elsewhere = {line.strip() for c in master.cells for line in SOLUTION.sub("", c.source).splitlines()}
+        for block in solutions:
+            for line in block.splitlines()[1:-1]:
+                if line.strip() and line.strip() not in elsewhere:
+                    assert line.strip() not in {s.strip() for s in text.splitlines()}, f"{path.name}: {line}"
+        assert all(c.outputs == [] for c in student.cells if c.cell_type == "code")
+        assert student.metadata.kernelspec.name == "python3"
+
+
+def test_student_copies_fail_only_with_not_implemented_error(tmp_path):
+    """Run each student copy's set-up cells and every exercise with its check: each exercise raises
+    NotImplementedError and nothing else fails (the other cells are the master's, run in FAST mode above)."""
+    main(["student", "--out", str(tmp_path)])
+    for path in notebooks():
+        student = nbformat.read(tmp_path / path.name, as_version=4)
+        code = [c for c in student.cells if c.cell_type == "code"]
+        params = code[0].copy()
+        params.source = "FAST = True\nSEED = 0\nINTERACTIVE = False"
+        keep = [params, code[1]]
+        for i, cell in enumerate(student.cells):
+            if "# YOUR CODE HERE" in cell.source:
+                keep += [cell, student.cells[i + 1]]
+        student.cells = keep
+        NotebookClient(student, kernel_name="python3", allow_errors=True, timeout=300).execute()
+        errors = [o for c in student.cells for o in c.get("outputs", []) if o.output_type == "error"]
+        assert errors, path.name
+        assert {e.ename for e in errors} == {"NotImplementedError"}, path.name
+        assert len(errors) == (len(keep) - 2) // 2, path.name
+
+
+def _namespace(source: str) -> dict:
+    ns = {"torch": torch, "math": math, "np": np}
+    exec(source, ns)  # the master's own solution cell, or its student version
+    return ns
+
+
+def test_each_check_passes_on_the_solution_and_fails_on_a_stub(capsys):
+    seen = set()
+    for path in notebooks():
+        for solution, check_cell in exercises(path):
+            name, fn_name = CHECK_CALL.match(check_cell.source.strip()).groups()
+            check = checks.ALL[name]
+            assert check(_namespace(solution.source)[fn_name]) is True, f"{path.name}: {name}"
+            assert "passed" in capsys.readouterr().out
+
+            assert check(lambda *args: torch.zeros(1)) is False, name  # a wrong answer
+            assert "not yet" in capsys.readouterr().out
+
+            student = _namespace(strip_solutions(solution.source))
+            with pytest.raises(NotImplementedError):
+                check(student[fn_name])  # the student copy before the exercise is done
+            seen.add(name)
+    assert len(seen) >= 8 and seen == set(checks.ALL)
+
+
+def test_a_buggy_answer_gets_a_reason_not_a_traceback(capsys):
+    def crashes(*args):
+        return args[99]
+
+    assert checks.kurtosis(crashes) is False
+    assert "raised IndexError" in capsys.readouterr().out
+
+
+def test_notebooks_folder_is_where_the_package_looks():
+    assert NOTEBOOKS_DIR.is_dir() and len(notebooks()) == 5
