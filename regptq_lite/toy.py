@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import spearmanr
 from torch import nn
 
 from .quantizers import UniformQuantizer
@@ -210,7 +211,8 @@ def scale_sweep(task: ToyTask, bits: int = 4, ratios: np.ndarray | None = None) 
     """Weight MSE, task loss and error, diagonal-Fisher and exact-Hessian proxies against the clip ratio.
 
     The proxies score the parameter change dw = w^ - w: Fisher sum(F_ii dw_i^2), Hessian dw^T H dw.
-    ``argmin`` gives, for every column, the clip ratio that minimises it.
+    ``argmin`` gives, for every column, the clip ratio that minimises it; ``rank_corr`` the Spearman
+    correlation of each criterion with the task loss over the sweep (1: it orders the clips as the task does).
     """
     ratios = np.linspace(0.1, 1.0, 37) if ratios is None else ratios
     flat = _flat(task.model)
@@ -233,7 +235,13 @@ def scale_sweep(task: ToyTask, bits: int = 4, ratios: np.ndarray | None = None) 
             }
         )
     keys = ("weight_mse", "task_loss", "fisher", "hessian")
-    return {"bits": bits, "rows": rows, "argmin": {k: min(rows, key=lambda row: row[k])["ratio"] for k in keys}}
+    task = [row["task_loss"] for row in rows]
+    return {
+        "bits": bits,
+        "rows": rows,
+        "argmin": {k: min(rows, key=lambda row: row[k])["ratio"] for k in keys},
+        "rank_corr": {k: float(spearmanr([row[k] for row in rows], task)[0]) for k in keys if k != "task_loss"},
+    }
 
 
 def excess_kurtosis(x: torch.Tensor) -> float:
@@ -314,6 +322,7 @@ def summary(seed: int = 0, draws: int = 20) -> dict:
             "task_opt": s["argmin"]["task_loss"],
             "fisher_opt": s["argmin"]["fisher"],
             "hessian_opt": s["argmin"]["hessian"],
+            "rank_corr": s["rank_corr"],
         }
         for name, s in sweeps.items()
     }

@@ -78,7 +78,7 @@ def plot_scale_sweep(sweeps: dict[str, dict]) -> plt.Figure:
             lo, hi = min(v), max(v)
             ax.plot(ratio, [(x - lo) / (hi - lo + 1e-30) for x in v], color=colour, label=key)
             ax.axvline(sweep["argmin"][key], color=colour, ls=":", lw=1)
-        ax.set(title=model, xlabel="clip ratio (x max |w|)", ylabel="scaled to [0, 1]")
+        ax.set(title=model, xlabel="clip ratio (x max |w|)", ylabel="scaled to [0, 1] (lower part)", ylim=(-0.02, 0.5))
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"INT{sweeps[next(iter(sweeps))]['bits']} scale sweep: dotted lines mark each minimum", fontsize=9)
     fig.tight_layout()
