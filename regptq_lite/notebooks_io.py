@@ -4,6 +4,7 @@ parameters, nbconvert HTML with figures as embedded PNG, and student copies with
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from pathlib import Path
@@ -36,12 +37,19 @@ def summary(path: Path) -> str:
 
 
 def execute(path: Path, out: Path, fast: bool, seed: int = 0, interactive: bool = False) -> Path:
-    """Run ``path`` on a fresh ``python3`` kernel with the parameters; write the executed copy to ``out``."""
+    """Run ``path`` on a fresh ``python3`` kernel with the parameters; write the executed copy to ``out``.
+
+    Without ``interactive`` the kernel runs with progress bars off (``TQDM_DISABLE``): a saved page
+    would show each bar frozen at 0%.
+    """
     import papermill
 
     parameters = {"FAST": fast, "SEED": seed, "INTERACTIVE": interactive}
 
     def run(tmp: Path) -> None:
+        before = os.environ.get("TQDM_DISABLE")
+        if not interactive:
+            os.environ["TQDM_DISABLE"] = "1"  # inherited by the kernel process
         try:
             warnings.filterwarnings("ignore", message="The specified file .* does not end in", category=UserWarning)
             papermill.execute_notebook(
@@ -56,6 +64,11 @@ def execute(path: Path, out: Path, fast: bool, seed: int = 0, interactive: bool 
             raise NotebookError(
                 f"notebook {path.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}"
             ) from None
+        finally:
+            if before is None:
+                os.environ.pop("TQDM_DISABLE", None)
+            else:
+                os.environ["TQDM_DISABLE"] = before
 
     return write_atomic(out, run)
 

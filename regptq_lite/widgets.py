@@ -123,7 +123,7 @@ def llaq_explorer(weight: torch.Tensor, probe: BoxProbe | None = None, bits: int
     }  # fmt: skip
     output = widgets.Output()
     box = widgets.VBox([widgets.HBox(list(sliders.values())[:3]), widgets.HBox(list(sliders.values())[3:]), output])
-    box.stats = {}
+    box.stats, box.draws = {}, 0
 
     quiet = [False]
 
@@ -132,6 +132,7 @@ def llaq_explorer(weight: torch.Tensor, probe: BoxProbe | None = None, bits: int
             return
         values = {name: s.value for name, s in sliders.items()}
         fig, box.stats = llaq_panel(weight, values.pop("bits"), probe, **values)
+        box.draws += 1
         with output:
             output.clear_output(wait=True)
             display(fig)
