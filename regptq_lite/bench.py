@@ -132,7 +132,9 @@ def markdown(result: dict) -> str:
         f"Commit: `{result['commit']}`  ",
         f"Machine: {result['machine']}  ",
         f"Budget: {budget.get('iters')} iterations per unit, {budget.get('calib_images')} calibration images "
-        "(the paper: 2k iterations per unit, batch 256).",
+        "(the paper: 2k iterations per unit, batch 256).  ",
+        f"Runs: {len(runs)} of the {len(plan(result.get('fast', False)))} planned"
+        + ("." if len(runs) >= len(plan(result.get("fast", False))) else " (an unfinished bench: the rest is blank)."),
         "",
         f"## Methods x bits, tiny RetinaNet, full quantization (FP AP {fp:.1f})",
         "",
