@@ -71,14 +71,15 @@ def kurtosis(fn: Callable[[torch.Tensor], float]) -> bool:
     """``fn(x)``: the excess kurtosis of a tensor (0 for a Gaussian, 3 for a Laplace law)."""
     cases = [((x,), excess_kurtosis(x), f"kurtosis of a {law} sample") for law, x in
              (("Laplace", _fixed(0)), ("Gaussian", _fixed(1, law="gauss")))]  # fmt: skip
-    return _run("kurtosis", fn, cases, rtol=1e-3, atol=1e-3)
+    return _run("kurtosis", fn, cases, rtol=1e-3, atol=5e-3)  # population or sample std both pass
 
 
 def laplace_fit(fn: Callable[[torch.Tensor], tuple[float, float]]) -> bool:
     """``fn(x)``: the maximum-likelihood Laplace location and scale (loc, b)."""
     x = _fixed(2) + 0.01
     laws = fit_laws(x)
-    return _run("laplace_fit", fn, [((x,), [laws["laplace_loc"], laws["laplace_b"]], "(loc, b)")], rtol=1e-3)
+    # any median convention (lower middle value or the mean of the two) passes
+    return _run("laplace_fit", fn, [((x,), [laws["laplace_loc"], laws["laplace_b"]], "(loc, b)")], rtol=1e-3, atol=1e-4)
 
 
 # Notebook 02 -----------------------------------------------------------------------------------

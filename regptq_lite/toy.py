@@ -13,8 +13,10 @@ classifier the error rate (2/3 = chance). Everything is seeded; the same call gi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +183,14 @@ def _flat(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """torch.func's first use imports a deprecated torch.jit helper; its FutureWarning is noise here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        yield
+
+
 def diagonal_fisher(task: ToyTask) -> torch.Tensor:
     """Diagonal empirical Fisher: the mean over samples of the squared per-sample gradients."""
     params = {name: p.detach() for name, p in task.model.named_parameters()}
@@ -188,7 +198,8 @@ def diagonal_fisher(task: ToyTask) -> torch.Tensor:
     def sample_loss(p: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return task.loss_fn(torch.func.functional_call(task.model, p, (x[None],)), y[None])
 
-    grads = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0))(params, task.x, task.y)
+    with _quiet_jit():
+        grads = torch.func.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0))(params, task.x, task.y)
     return torch.cat([grads[name].pow(2).mean(0).flatten() for name in params])
 
 
@@ -202,8 +213,7 @@ def exact_hessian(task: ToyTask) -> torch.Tensor:
         tensors = {n: c.reshape(s) for n, c, s in zip(names, torch.split(flat, sizes), shapes)}
         return task.loss_fn(torch.func.functional_call(task.model, tensors, (task.x,)))
 
-    with warnings.catch_warnings():  # torch.func's first use imports a deprecated torch.jit helper
-        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    with _quiet_jit():
         return torch.func.hessian(loss_of)(_flat(task.model))
 
 

@@ -28,6 +28,8 @@ def test_likelihood_curves_are_densities_with_the_expected_shapes():
     curves = theory.likelihood_curves(n=1, seed=0)
     for name in theory.LOSSES:
         assert np.trapezoid(curves[name], curves["w"]) == pytest.approx(1.0, abs=1e-6)
+    assert theory.curve_kurtosis(curves["w"], curves["l1"]) == pytest.approx(3.0, abs=0.1)  # one point: Laplace
+    assert theory.curve_kurtosis(curves["w"], curves["l2"]) == pytest.approx(0.0, abs=0.01)  # Gaussian
     wide = theory.likelihood_curves(n=400, seed=0)
     assert abs(theory.curve_kurtosis(wide["w"], wide["l2"])) < 0.05  # Gaussian for any n
     # L1: a cusp at the peak (slope jumps there); L2: smooth
