@@ -1,5 +1,8 @@
 """Shared fixtures: the shipped detector, loaded once per session."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -17,3 +20,15 @@ def _fixed_threads():
 def fp_model():
     model, _ = load_checkpoint("tiny_retinanet")
     return model
+
+
+@pytest.fixture(scope="session")
+def fast_report(tmp_path_factory):
+    """``python -m regptq_lite report --fast`` run once, as a user would: the folder it wrote."""
+    out = tmp_path_factory.mktemp("reports")
+    result = subprocess.run(
+        [sys.executable, "-m", "regptq_lite", "report", "--fast", "--out", str(out)],
+        capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out

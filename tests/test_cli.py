@@ -53,13 +53,11 @@ def test_corrupt_checkpoint_exits_2(tmp_path):
     assert_clean_error(run("eval", "--checkpoint", str(bad)), "cannot read checkpoint")
 
 
-def test_report_writes_index_with_metrics_and_figure(tmp_path):
-    result = run("report", "--out", str(tmp_path / "reports"))
-    assert result.returncode == 0, result.stderr
-    page = (tmp_path / "reports" / "index.html").read_text()
+def test_report_writes_index_with_metrics_and_figure(fast_report):
+    page = (fast_report / "index.html").read_text()
     assert "<img" in page and "data:image/png;base64," in page
     assert "AP50" in page
-    assert not list((tmp_path / "reports").glob("*.tmp"))
+    assert not list(fast_report.glob("*.tmp"))
 
 
 CALIB = ("calibrate", "--method", "naive")

@@ -16,7 +16,6 @@ from nbclient import NotebookClient
 from regptq_lite import checks
 from regptq_lite.cli import main
 from regptq_lite.notebooks_io import NOTEBOOKS_DIR, SOLUTION, notebooks, strip_solutions
-from regptq_lite.report import build_report
 
 CHECK_CALL = re.compile(r"^checks\.(\w+)\((\w+)\);?$")
 
@@ -25,13 +24,6 @@ def exercises(path):
     """(solution cell, check cell) pairs of a master notebook."""
     cells = nbformat.read(path, as_version=4).cells
     return [(cells[i], cells[i + 1]) for i, c in enumerate(cells) if "### BEGIN SOLUTION" in c.source]
-
-
-@pytest.fixture(scope="session")
-def fast_report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reports")
-    build_report(out, fast=True)
-    return out
 
 
 def test_notebooks_are_stored_clean():
