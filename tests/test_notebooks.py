@@ -1,6 +1,7 @@
 """The notebooks: stored clean, run in FAST mode (via ``report --fast``, once per session), rendered with their
 figures, shown by a real browser, handed out as student copies, and graded by checks that can fail."""
 
+import json
 import math
 import re
 import shutil
@@ -37,6 +38,7 @@ def test_notebooks_are_stored_clean():
         assert "parameters" in first.metadata.get("tags", []), path.name
         assert all(f"{p} =" in first.source for p in ("FAST", "SEED", "INTERACTIVE")), path.name
         assert nb.metadata["regptq"]["summary"], path.name
+        assert all("id" in c for c in json.loads(path.read_text())["cells"]), f"{path.name}: a cell has no id"
 
 
 def test_every_notebook_runs_fast_without_error_output(fast_report):
