@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torchvision
-from tqdm.auto import tqdm
 
 from .atomic import write_atomic
 from .cost import cost_table
@@ -26,6 +25,7 @@ from .detectors import DATA_DIR, load_checkpoint
 from .fgic import THETA_C as FGIC_THETA_C
 from .fgic import THETA_I as FGIC_THETA_I
 from .methods import METHODS, calibrate
+from .progress import progress
 from .provenance import command_line, git_commit, machine
 from .quantizers import LogAffineQuantizer, UniformQuantizer, shift_gap
 from .scenes import SceneSet
@@ -288,7 +288,7 @@ def run_bench(fast: bool = False, out_dir: Path | None = None, methods: list[str
     result["cost"]["tiny_retinanet"] = cost_table(model, SceneSet("val", size=1).images())
     if not fast:
         result["cost"].update(torchvision_costs())
-    for spec in tqdm(plan(fast, methods), desc="bench", unit="run"):
+    for spec in progress(plan(fast, methods), desc="bench", unit="run"):
         key = _key(spec, budget)
         if key not in done:
             _, run = calibrate(

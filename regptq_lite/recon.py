@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from .fgic import THETA_C, THETA_I, Teacher, dense_forward
+from .progress import progress
 from .qmodel import QuantLayer, set_quant
 from .quantizers import AdaRoundQuantizer, LogAffineQuantizer, UniformQuantizer
 
@@ -204,7 +204,7 @@ def optimise_unit(
         )
         warm = int(settings.warmup * settings.iters)
         unit.train()
-        for it in tqdm(range(settings.iters), desc=desc, leave=False, unit="it"):
+        for it in progress(range(settings.iters), desc=desc, leave=False, unit="it"):
             call = int(torch.multinomial(sizes, 1, generator=generator))
             idx = torch.randperm(len(inputs[call]), generator=generator)[: settings.batch_size]
             out = unit(inputs[call][idx])
@@ -213,8 +213,8 @@ def optimise_unit(
             if extra_loss is not None:
                 loss = loss + extra_scale * out.shape[1] / out.numel() * extra_loss(out, call, idx)
             if settings.adaround and it >= warm:
-                progress = (it - warm) / max(1, settings.iters - warm)
-                beta = settings.beta_end + (settings.beta_start - settings.beta_end) * (1 - progress)
+                done = (it - warm) / max(1, settings.iters - warm)
+                beta = settings.beta_end + (settings.beta_start - settings.beta_end) * (1 - done)
                 loss = loss + settings.reg_weight * rounding_loss(unit, beta)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -275,7 +275,7 @@ def reconstruct(
     stats = []
     units = recon_units(qmodel, granularity)
     all_targets = capture(fp, {name: fp.get_submodule(name) for name, _ in units}, images, dense_forward, output=True)
-    for name, unit in tqdm(units, desc="calibrate", unit="unit"):
+    for name, unit in progress(units, desc="calibrate", unit="unit"):
         inputs = capture(qmodel, {name: unit}, images, dense_forward, output=False)[name]
         targets = all_targets.pop(name)
         fisher, g2_mean = fisher_weights(qmodel, unit, images, teacher.loss) if settings.fisher else (None, 1.0)

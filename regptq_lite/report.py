@@ -10,12 +10,12 @@ import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from tqdm.auto import tqdm
 
 from .atomic import write_atomic
 from .coco_eval import evaluate, predict
 from .detectors import CHECKPOINTS, card_path, load_checkpoint
 from .notebooks_io import NOTEBOOKS_DIR, execute, notebooks, render, summary
+from .progress import progress
 from .scenes import SceneSet
 from .viz import plot_detections
 
@@ -55,7 +55,7 @@ def render_notebooks(out_dir: Path, fast: bool, seed: int = 0, folder: Path = NO
     import papermill
 
     pages = []
-    for path in tqdm(notebooks(folder), desc="notebooks", unit="nb"):
+    for path in progress(notebooks(folder), desc="notebooks", unit="nb"):
         executed = out_dir / path.name
         try:
             execute(path, executed, fast=fast, seed=seed)

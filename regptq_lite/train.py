@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .coco_eval import evaluate
 from .detectors import CHECKPOINTS, build_model, count_parameters, save_checkpoint
+from .progress import progress
 from .provenance import git_commit, machine
 from .scenes import SceneSet, target_of, to_tensor, train_batch
 
@@ -61,7 +61,7 @@ def train(
     warmup = max(1, iters // 20)
     start = time.time()
     batches = DataLoader(SceneBatches(iters, batch_size, seed), batch_size=None, num_workers=1, prefetch_factor=4)
-    bar = tqdm(batches, total=iters, desc=f"train {name}", unit="it")
+    bar = progress(batches, total=iters, desc=f"train {name}", unit="it")
     for step, (images, targets) in enumerate(bar):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, iters, lr, warmup)

@@ -49,6 +49,8 @@ def test_every_notebook_runs_fast_without_error_output(fast_report):
                 assert out.output_type != "error", f"{path.name}: {out.get('ename')}: {out.get('evalue')}"
                 if out.output_type == "stream" and out.name == "stderr":
                     assert "Error" not in out.text and "Traceback" not in out.text, f"{path.name}: {out.text[:300]}"
+                shown = out.get("text", "") + str(out.get("data", {}).get("text/plain", ""))
+                assert "%|" not in shown, f"{path.name}: a progress bar was saved in the page"
 
 
 def test_rendered_pages_carry_their_figures_and_the_index_links_them(fast_report):
