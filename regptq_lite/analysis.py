@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .coco_eval import evaluate
-from .observe import init_quantizers
+from .observe import init_quantizers, layer_inputs
 from .qmodel import quant_layers, quantize_detector, set_quant
 from .quantizers import LogAffineQuantizer
 from .scenes import SceneSet
@@ -57,24 +57,7 @@ def head_weight_table(model: nn.Module) -> list[dict]:
 @torch.no_grad()
 def head_inputs(model: nn.Module, images: list[torch.Tensor], max_values: int = 200_000) -> dict[str, torch.Tensor]:
     """The input activations of every head conv over ``images`` (a seeded subsample of at most ``max_values``)."""
-    convs = head_convs(model)
-    seen: dict[str, list[torch.Tensor]] = {name: [] for name in convs}
-    hooks = [
-        conv.register_forward_pre_hook(lambda _m, args, n=name: seen[n].append(args[0].flatten()))
-        for name, conv in convs.items()
-    ]
-    try:
-        model.eval()
-        model(images)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    g = torch.Generator().manual_seed(0)
-    out = {}
-    for name, parts in seen.items():
-        x = torch.cat(parts)
-        out[name] = x[torch.randperm(len(x), generator=g)[:max_values]] if len(x) > max_values else x
-    return out
+    return layer_inputs(model, head_convs(model), images, max_values=max_values)
 
 
 def head_activation_table(model: nn.Module, images: list[torch.Tensor]) -> list[dict]:

@@ -11,16 +11,24 @@ MAX_SAMPLES = 400_000
 
 
 @torch.no_grad()
-def collect_inputs(qmodel: nn.Module, images: list[torch.Tensor], batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """A flat, seeded subsample (at most MAX_SAMPLES values) of every wrapped layer's input."""
-    seen: dict[str, list[torch.Tensor]] = {name: [] for name, _ in quant_layers(qmodel)}
-    hooks = []
-    for name, layer in quant_layers(qmodel):
-        hooks.append(layer.register_forward_pre_hook(lambda _m, args, name=name: seen[name].append(args[0].flatten())))
-    qmodel.eval()
+def layer_inputs(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    images: list[torch.Tensor],
+    batch_size: int = 32,
+    max_values: int = MAX_SAMPLES,
+) -> dict[str, torch.Tensor]:
+    """A flat, seeded subsample (at most ``max_values`` values) of the input of each of ``layers``
+    while ``model`` (eval mode) runs over ``images``; layers that were never called are left out."""
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    hooks = [
+        layer.register_forward_pre_hook(lambda _m, args, name=name: seen[name].append(args[0].flatten()))
+        for name, layer in layers.items()
+    ]
+    model.eval()
     try:
         for start in range(0, len(images), batch_size):
-            qmodel(images[start : start + batch_size])
+            model(images[start : start + batch_size])
     finally:
         for hook in hooks:
             hook.remove()
@@ -30,10 +38,15 @@ def collect_inputs(qmodel: nn.Module, images: list[torch.Tensor], batch_size: in
         if not chunks:
             continue
         flat = torch.cat(chunks)
-        if flat.numel() > MAX_SAMPLES:
-            flat = flat[torch.randperm(flat.numel(), generator=generator)[:MAX_SAMPLES]]
+        if flat.numel() > max_values:
+            flat = flat[torch.randperm(flat.numel(), generator=generator)[:max_values]]
         samples[name] = flat
     return samples
+
+
+def collect_inputs(qmodel: nn.Module, images: list[torch.Tensor], batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """A flat, seeded subsample (at most MAX_SAMPLES values) of every wrapped layer's input."""
+    return layer_inputs(qmodel, dict(quant_layers(qmodel)), images, batch_size)
 
 
 @torch.no_grad()
