@@ -3,6 +3,7 @@
 - every method x {W2A4, W3A3, W4A4, W4A8} on the tiny RetinaNet, fully quantized, plus naive W8A8;
 - the paper's Table 2 analogue: Reg-PTQ at W2A4 over theta_C x theta_I;
 - the Table 3 analogue: Reg-PTQ with a uniform vs an LLAQ head at W2A4, W3A3, W4A4;
+- an ablation of Reg-PTQ at W2A4 and W3A3: without the global loss, without the filter, LLAQ lr x10;
 - weight-quantization MSE of LLAQ vs an MSE-searched uniform quantizer on Laplace / uniform weights;
 - the cost table (bit-weighted FLOPs, storage) of the tiny RetinaNet and torchvision's R50-FPN detectors.
 
@@ -36,12 +37,32 @@ THETA_C = (0.0, 5e-5, 2e-4, 1e-3, 1e-2)
 THETA_I = (0.0, 0.1, 0.5)
 FULL = {"iters": 100, "calib_images": 128}
 FAST = {"iters": 5, "calib_images": 16}
+ABLATION = {
+    "local loss only": {"global_loss": False},
+    "global loss, no filter": {"theta_c": 0.0, "theta_i": 0.0},
+    "LLAQ lr x10": {"llaq_lr": 1e-2},
+}
 
 
 def plan(fast: bool, methods: list[str] | None = None) -> list[dict]:
     """Every run of the bench (only those of ``methods``, if given): table, method, bits, overrides."""
     runs = [{"table": "methods", "method": m, "wbits": w, "abits": a} for m in METHODS for w, a in BITS]
     runs.append({"table": "methods", "method": "naive", "wbits": 8, "abits": 8})
+    for w, a in BITS[:3]:
+        for kind in ("uniform", "llaq"):
+            runs.append({"table": "head_quantizer", "method": "regptq", "wbits": w, "abits": a, "head": kind})
+    for w, a in BITS[:2]:
+        for variant, overrides in ABLATION.items():
+            runs.append(
+                {
+                    "table": "ablation",
+                    "method": "regptq",
+                    "wbits": w,
+                    "abits": a,
+                    "variant": variant,
+                    "overrides": overrides,
+                }
+            )
     hardest = BITS[0]
     for tc in THETA_C:
         for ti in THETA_I:
@@ -54,12 +75,26 @@ def plan(fast: bool, methods: list[str] | None = None) -> list[dict]:
                     "overrides": {"theta_c": tc, "theta_i": ti},
                 }
             )
-    for w, a in BITS[:3]:
-        for kind in ("uniform", "llaq"):
-            runs.append({"table": "head_quantizer", "method": "regptq", "wbits": w, "abits": a, "head": kind})
     if methods is not None:
         runs = [r for r in runs if r["method"] in methods]
     return runs[:6] if fast else runs
+
+
+def ablation(runs: list[dict]) -> dict[str, dict[str, dict | None]]:
+    """Reg-PTQ with one component changed at a time: row -> W/A setting -> run (None until it ran)."""
+    rows = {
+        "BRECQ (local loss, uniform head)": lambda r: r["table"] == "methods" and r["method"] == "brecq",
+        "local loss only (LLAQ head)": lambda r: r.get("variant") == "local loss only",
+        "global loss, no filter": lambda r: r.get("variant") == "global loss, no filter",
+        "Reg-PTQ (global loss + filter, LLAQ head)": lambda r: r["table"] == "methods" and r["method"] == "regptq",
+        "Reg-PTQ with a uniform head": lambda r: r["table"] == "head_quantizer" and r["head_weights"] == "uniform",
+        "Reg-PTQ, LLAQ lr x10": lambda r: r.get("variant") == "LLAQ lr x10",
+    }
+    settings = [f"W{w}A{a}" for w, a in BITS[:2]]
+    return {
+        label: {s: next((r for r in runs if f"W{r['wbits']}A{r['abits']}" == s and test(r)), None) for s in settings}
+        for label, test in rows.items()
+    }
 
 
 def _key(spec: dict, budget: dict) -> str:
@@ -72,6 +107,7 @@ def _key(spec: dict, budget: dict) -> str:
         "head": spec.get("head") or METHODS[spec["method"]].head_weight_kind,
         "theta_c": overrides.get("theta_c", FGIC_THETA_C),
         "theta_i": overrides.get("theta_i", FGIC_THETA_I),
+        **{k: v for k, v in overrides.items() if k not in ("theta_c", "theta_i")},
         **budget,
     }
     return json.dumps(canonical, sort_keys=True)
@@ -180,6 +216,9 @@ def markdown(result: dict) -> str:
         )
 
     lines += _grid(["uniform", "llaq"], [f"W{w}A{a}" for w, a in BITS[:3]], head_cell)
+    table = ablation(runs)
+    lines += ["", "## Ablation (Reg-PTQ with one component changed)", ""]
+    lines += _grid(list(table), [f"W{w}A{a}" for w, a in BITS[:2]], lambda row, setting: table[row][setting])
     lines += [
         "",
         "## Every run",
@@ -225,7 +264,8 @@ def load(path: Path | None = None) -> dict:
 
 def frames(result: dict) -> dict[str, pd.DataFrame]:
     """The benchmark's tables as DataFrames of AP: ``methods`` (method x W/A), ``filter`` (theta_C x
-    theta_I), ``head_quantizer`` (kind x W/A) and ``runs`` (every run, all fields that are not nested)."""
+    theta_I), ``head_quantizer`` (kind x W/A), ``ablation`` (variant x W/A) and ``runs`` (every run, all
+    fields that are not nested)."""
     runs = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, dict | list)} for r in result["runs"]])
     runs["setting"] = "W" + runs["wbits"].astype(str) + "A" + runs["abits"].astype(str)
     settings = [r.get("settings", {}) for r in result["runs"]]
@@ -243,6 +283,13 @@ def frames(result: dict) -> dict[str, pd.DataFrame]:
         ),
         "filter": table(runs[runs.table == "filter"], "theta_c", "theta_i"),
         "head_quantizer": table(runs[runs.table == "head_quantizer"], "head_weights", "setting"),
+        "ablation": pd.DataFrame.from_dict(
+            {
+                row: {s: None if r is None else r["AP"] for s, r in cells.items()}
+                for row, cells in ablation(result["runs"]).items()
+            },
+            orient="index",
+        ),
         "runs": runs,
     }
 
@@ -301,8 +348,8 @@ def run_bench(fast: bool = False, out_dir: Path | None = None, methods: list[str
                 overrides=spec.get("overrides"),
             )
             run.pop("units", None)
-            done[key] = {**run, "table": spec["table"], "key": key}
-        result["runs"].append({**done[key], "table": spec["table"]})
+            done[key] = {**run, "key": key}
+        result["runs"].append({**done[key], "table": spec["table"], "variant": spec.get("variant")})
         write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
     write_atomic(out_dir / "bench.md", lambda tmp: tmp.write_text(markdown(result)))
     return result

@@ -1,4 +1,4 @@
-from regptq_lite.bench import BITS, FULL, THETA_C, THETA_I, _key, markdown, plan
+from regptq_lite.bench import ABLATION, BITS, FULL, THETA_C, THETA_I, _key, ablation, markdown, plan
 from regptq_lite.methods import METHODS
 
 
@@ -7,10 +7,29 @@ def test_plan_covers_every_table_and_shares_identical_runs():
     assert len([r for r in runs if r["table"] == "methods"]) == len(METHODS) * len(BITS) + 1
     assert len([r for r in runs if r["table"] == "filter"]) == len(THETA_C) * len(THETA_I)
     assert len([r for r in runs if r["table"] == "head_quantizer"]) == 6
+    assert len([r for r in runs if r["table"] == "ablation"]) == 2 * len(ABLATION)
     keys = {_key(r, FULL) for r in runs}
     # Reg-PTQ W2A4 at the default thresholds with LLAQ appears in all three tables, computed once;
-    # the three LLAQ head runs are the methods table's Reg-PTQ runs.
-    assert len(keys) == len(runs) - 1 - 3
+    # the three LLAQ head runs are the methods table's Reg-PTQ runs; the ablation's W2A4 run without
+    # the filter is the filter grid's (0, 0) cell.
+    assert len(keys) == len(runs) - 1 - 3 - 1
+
+
+def test_ablation_rows_pick_the_right_runs():
+    base = {"wbits": 2, "abits": 4, "head_weights": "llaq", "AP": 1.0}
+    runs = [
+        {**base, "table": "methods", "method": "brecq", "head_weights": "uniform", "AP": 2.0},
+        {**base, "table": "methods", "method": "regptq", "AP": 3.0},
+        {**base, "table": "ablation", "method": "regptq", "variant": "local loss only", "AP": 4.0},
+        {**base, "table": "head_quantizer", "method": "regptq", "head_weights": "uniform", "AP": 5.0},
+    ]
+    table = ablation(runs)
+    assert table["BRECQ (local loss, uniform head)"]["W2A4"]["AP"] == 2.0
+    assert table["Reg-PTQ (global loss + filter, LLAQ head)"]["W2A4"]["AP"] == 3.0
+    assert table["local loss only (LLAQ head)"]["W2A4"]["AP"] == 4.0
+    assert table["Reg-PTQ with a uniform head"]["W2A4"]["AP"] == 5.0
+    assert table["global loss, no filter"]["W2A4"] is None
+    assert table["local loss only (LLAQ head)"]["W3A3"] is None
 
 
 def test_markdown_renders_every_table():
@@ -37,5 +56,6 @@ def test_markdown_renders_every_table():
         "cost": {},
     }
     text = markdown(result)
-    assert text.count("12.3") == 6  # once in each of the three grids, and three rows in the list of runs
+    # once in each of the four grids (the ablation shows the methods run as Reg-PTQ), and three rows in the list
+    assert text.count("12.3") == 7
     assert "100 iterations per unit" in text
