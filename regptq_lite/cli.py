@@ -48,13 +48,23 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(json.dumps(card, indent=2))
 
 
+def _device(name: str | None) -> str:
+    import torch
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine")
+    return name
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .coco_eval import evaluate
-    from .detectors import load_checkpoint
-    from .scenes import SceneSet
+    from .methods import data, load_detector
 
-    model, _ = load_checkpoint(args.model, args.checkpoint)
-    metrics = evaluate(model, SceneSet("val"))
+    model = load_detector(args.model, args.checkpoint, args.image_size, _device(args.device))
+    _, val = data(args.model, 0, args.max_images, args.coco_root)
+    metrics = evaluate(model, val)
     if args.json:
         print(json.dumps({"model": args.model, **metrics}))
     else:
@@ -72,13 +82,13 @@ def _integer(text: str) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
+    from .detectors import TORCHVISION_DETECTORS
     from .export import save_integer
     from .methods import FAST, calibrate
     from .scenes import SPLIT_SIZES
 
-    quick = (
-        FAST if args.fast else {"iters": 200, "calib_images": SPLIT_SIZES["calib"], "val_images": SPLIT_SIZES["val"]}
-    )
+    every_image = None if args.model in TORCHVISION_DETECTORS else SPLIT_SIZES["val"]
+    quick = FAST if args.fast else {"iters": 200, "calib_images": SPLIT_SIZES["calib"], "val_images": every_image}
     for key, value in quick.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -102,6 +112,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
         head_weight_kind=args.head_quantizer,
         overrides=overrides,
         val_images=args.val_images,
+        coco_root=args.coco_root,
+        image_size=args.image_size,
+        device=_device(args.device),
     )
     if args.save is not None:
         result["saved"] = str(save_integer(qmodel, args.save))
@@ -159,6 +172,25 @@ def _cmd_student(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """--model, --weights, --coco-root, --image-size, --device: shared by eval and calibrate."""
+    from .detectors import MODELS
+
+    p.add_argument("--model", default="tiny_retinanet", choices=sorted(MODELS))
+    p.add_argument(
+        "--weights",
+        "--checkpoint",
+        dest="checkpoint",
+        default=None,
+        help="state dict file (default: the shipped checkpoint), or 'random' for a smoke run",
+    )
+    p.add_argument("--coco-root", default=None, help="COCO folder with val2017/ and annotations/ (torchvision models)")
+    p.add_argument(
+        "--image-size", type=_positive_int, default=None, help="short side the detector resizes to (default: its own)"
+    )
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
+
+
 def make_parser() -> argparse.ArgumentParser:
     from .detectors import MODELS
     from .methods import METHODS
@@ -177,9 +209,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="checkpoint path (default: the shipped one)")
     p.set_defaults(run=_cmd_train)
 
-    p = sub.add_parser("eval", help="COCO metrics of the FP detector on the validation scenes")
-    p.add_argument("--model", default="tiny_retinanet", choices=sorted(MODELS))
-    p.add_argument("--checkpoint", type=Path, default=None)
+    p = sub.add_parser("eval", help="COCO metrics of the FP detector on the validation scenes or a COCO folder")
+    _model_arguments(p)
+    p.add_argument("--max-images", type=_integer, default=None, help="evaluate the first N images (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_eval)
 
@@ -188,15 +220,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--wbits", type=_integer, required=True, help="weight bits (2-16)")
     p.add_argument("--abits", type=_integer, required=True, help="activation bits (2-16)")
     p.add_argument("--iters", type=_integer, default=None, help="steps per unit (default 200; naive ignores it)")
-    p.add_argument("--calib-images", type=_integer, default=None, help="calibration scenes (default 256)")
-    p.add_argument("--val-images", type=_integer, default=None, help="validation scenes evaluated (default 500)")
+    p.add_argument("--calib-images", type=_integer, default=None, help="calibration images (default 256)")
+    p.add_argument(
+        "--val-images",
+        "--max-images",
+        dest="val_images",
+        type=_integer,
+        default=None,
+        help="images evaluated (default: the 500 validation scenes; on COCO all but the calibration images)",
+    )
     p.add_argument(
         "--fast", action="store_true", help="quick settings: 20 iters, 32 calibration, 100 validation scenes"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--regime", default="full", choices=list(REGIMES))
-    p.add_argument("--model", default="tiny_retinanet", choices=sorted(MODELS))
-    p.add_argument("--checkpoint", type=Path, default=None)
+    _model_arguments(p)
     p.add_argument("--head-quantizer", choices=["uniform", "llaq"], default=None, help="default: the method's")
     p.add_argument("--theta-c", type=float, default=None, help="FGIC confidence filter (default 2e-4)")
     p.add_argument("--theta-i", type=float, default=None, help="FGIC IoU filter (default 0.1)")

@@ -3,6 +3,8 @@
 ``build_model(name)`` returns a detector and the transform that turns an H x W x 3 uint8
 image into the tensor it expects. The tiny RetinaNet is torchvision's ``RetinaNet`` class
 with a small BatchNorm ResNet-style backbone and an FPN, anchors matched to the scenes.
+torchvision's own COCO detectors (``TORCHVISION_DETECTORS``) are built without weights (nothing
+is downloaded); their weights come from a local state dict, or ``random`` for smoke runs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from torch import nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -122,7 +125,39 @@ def tiny_retinanet() -> RetinaNet:
     )
 
 
-MODELS: dict[str, Callable[[], nn.Module]] = {"tiny_retinanet": tiny_retinanet}
+TORCHVISION_DETECTORS = (
+    "retinanet_resnet50_fpn",
+    "retinanet_resnet50_fpn_v2",
+    "fcos_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+)
+RANDOM_WEIGHTS = "random"
+
+
+def torchvision_detector(name: str) -> Callable[[], nn.Module]:
+    """A builder of torchvision's COCO detector ``name`` (91 labels) without any weights."""
+    return partial(torchvision.models.detection.__dict__[name], weights=None, weights_backbone=None)
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "tiny_retinanet": tiny_retinanet,
+    **{name: torchvision_detector(name) for name in TORCHVISION_DETECTORS},
+}
+
+
+def is_two_stage(model: nn.Module) -> bool:
+    """A region-proposal detector (Faster R-CNN): RPN plus RoI heads."""
+    return hasattr(model, "rpn") and hasattr(model, "roi_heads")
+
+
+def set_image_size(model: nn.Module, side: int) -> None:
+    """Make ``model``'s transform resize images to short side ``side`` (long side at most
+    1333/800 of it, torchvision's ratio)."""
+    if side < 32:
+        raise ValueError(f"--image-size must be at least 32, got {side}")
+    model.transform.min_size = (side,)
+    model.transform.max_size = round(side * 1333 / 800)
 
 
 def build_model(name: str) -> tuple[nn.Module, Transform]:
@@ -143,11 +178,18 @@ def card_path(checkpoint: Path) -> Path:
 
 
 def load_checkpoint(name: str = "tiny_retinanet", path: str | Path | None = None) -> tuple[nn.Module, Transform]:
-    """Build ``name`` and load its weights from ``path`` (default: the shipped checkpoint); eval mode."""
+    """Build ``name`` and load its weights from ``path`` (default: the shipped checkpoint; ``random``:
+    the seeded initialisation); eval mode.
+
+    BatchNorm's ``num_batches_tracked`` counters may be missing (torchvision's COCO weights use
+    frozen BatchNorm, which has none); every other key must match.
+    """
     model, transform = build_model(name)
+    if str(path) == RANDOM_WEIGHTS:
+        return model.eval(), transform
     path = Path(path) if path is not None else CHECKPOINTS.get(name)
     if path is None:
-        raise CheckpointError(f"no shipped checkpoint for {name!r}; pass --checkpoint")
+        raise CheckpointError(f"no shipped checkpoint for {name!r}; pass --weights PATH (a state dict) or random")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
@@ -157,9 +199,16 @@ def load_checkpoint(name: str = "tiny_retinanet", path: str | Path | None = None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a state dict")
     try:
-        model.load_state_dict(state)
-    except RuntimeError:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError:  # a shape mismatch
         raise CheckpointError(f"checkpoint {path} does not fit model {name!r}") from None
+    missing = [key for key in missing if not key.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        raise CheckpointError(
+            f"checkpoint {path} does not fit model {name!r}: {len(missing)} missing and"
+            f" {len(unexpected)} unexpected keys (first: {first})"
+        )
     return model.eval(), transform
 
 

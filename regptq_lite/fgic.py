@@ -26,30 +26,41 @@ THETA_I = 0.1
 
 @dataclass
 class DenseOutput:
-    """A RetinaNet-style detector's raw outputs: per image, per anchor, before post-processing."""
+    """A one-stage detector's raw outputs: per image, per anchor, before post-processing.
 
-    cls_logits: torch.Tensor  # N x A x C
+    For FCOS the centerness logit is appended to the class logits as one more sigmoid column
+    (it multiplies into the score); ``num_classes`` counts the class columns only.
+    """
+
+    cls_logits: torch.Tensor  # N x A x C (C = num_classes, + 1 with centerness)
     bbox_regression: torch.Tensor  # N x A x 4 (box deltas)
     anchors: torch.Tensor  # A x 4 (the same for every image of one size)
     image_size: tuple[int, int]
     level_sizes: list[int]  # predictions per pyramid level, in order
+    num_classes: int
 
 
 def dense_forward(model: nn.Module, images: list[torch.Tensor]) -> DenseOutput:
-    """Run a torchvision RetinaNet up to its head outputs (images must share one size)."""
+    """Run a torchvision RetinaNet or FCOS up to its head outputs (images must share one size)."""
     batch, _ = model.transform(images)
     features = list(model.backbone(batch.tensors).values())
     out = model.head(features)
     anchors = model.anchor_generator(batch, features)[0]
     per_position = model.anchor_generator.num_anchors_per_location()[0]
     sizes = [f.shape[-2] * f.shape[-1] * per_position for f in features]
-    return DenseOutput(out["cls_logits"], out["bbox_regression"], anchors, tuple(batch.tensors.shape[-2:]), sizes)
+    logits = out["cls_logits"]
+    if "bbox_ctrness" in out:
+        logits = torch.cat([logits, out["bbox_ctrness"]], -1)
+    size = tuple(batch.tensors.shape[-2:])
+    return DenseOutput(logits, out["bbox_regression"], anchors, size, sizes, out["cls_logits"].shape[-1])
 
 
 def decode(model: nn.Module, deltas: torch.Tensor, anchors: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     """Box deltas (N x A x 4) -> boxes (N x A x 4) divided by the image size."""
     n, a, _ = deltas.shape
-    boxes = model.box_coder.decode_single(deltas.reshape(-1, 4), anchors.repeat(n, 1)).reshape(n, a, 4)
+    coder = model.box_coder
+    decode_rows = coder.decode_single if hasattr(coder, "decode_single") else coder.decode  # FCOS: linear coder
+    boxes = decode_rows(deltas.reshape(-1, 4), anchors.repeat(n, 1)).reshape(n, a, 4)
     h, w = image_size
     return boxes / boxes.new_tensor([w, h, w, h])
 
@@ -78,12 +89,14 @@ def global_loss(
     theta_c: float = THETA_C,
     theta_i: float = THETA_I,
     lam: float = 1.0,
+    num_classes: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_G for matched dense predictions (... x C logits, ... x 4 normalised boxes) and filter stats."""
+    """L_G for matched dense predictions (... x C logits, ... x 4 normalised boxes) and filter stats;
+    the confidence filter looks at the first ``num_classes`` columns (default: all)."""
     fp_probs = torch.sigmoid(fp_logits)
     cls = F.binary_cross_entropy_with_logits(q_logits, fp_probs, reduction="none")
     cls = (cls - F.binary_cross_entropy_with_logits(fp_logits, fp_probs, reduction="none")).sum(-1)
-    keep = box_filter(fp_probs, fp_boxes, q_boxes.detach(), theta_c, theta_i)
+    keep = box_filter(fp_probs[..., :num_classes], fp_boxes, q_boxes.detach(), theta_c, theta_i)
     box = (fp_boxes - q_boxes).abs().sum(-1) * keep
     n = cls.numel()
     loss = (cls.sum() + lam * box.sum()) / n
@@ -105,13 +118,17 @@ class Teacher:
                 boxes.append(decode(fp_model, d.bbox_regression, d.anchors, d.image_size))
         self.logits, self.boxes = torch.cat(logits), torch.cat(boxes)
         self.anchors, self.image_size, self.level_sizes = d.anchors, d.image_size, d.level_sizes
+        self.num_classes = d.num_classes
         self.offsets = [sum(d.level_sizes[:i]) for i in range(len(d.level_sizes))]
 
     def loss(self, qmodel: nn.Module, images: list[torch.Tensor], rows: slice) -> torch.Tensor:
         """L_G of the whole quantized detector on ``images`` (calibration rows ``rows``)."""
         d = dense_forward(qmodel, images)
         q_boxes = decode(self.model, d.bbox_regression, d.anchors, d.image_size)
-        return global_loss(self.logits[rows], d.cls_logits, self.boxes[rows], q_boxes, self.theta_c, self.theta_i)[0]
+        fp_logits, fp_boxes = self.logits[rows], self.boxes[rows]
+        return global_loss(
+            fp_logits, d.cls_logits, fp_boxes, q_boxes, self.theta_c, self.theta_i, 1.0, self.num_classes
+        )[0]
 
     def head_unit_loss(
         self, qmodel: nn.Module, unit_name: str
@@ -119,8 +136,12 @@ class Teacher:
         """L_G as a function of a head tower unit's output, for one pyramid level and images idx.
 
         The rest of the tower and the prediction layer run on the unit's output; a class-tower
-        unit changes only the class term, a box-tower unit only the (filtered) box term.
+        unit changes only the class term, a box-tower unit only the (filtered) box term. None for
+        units outside the towers, and for FCOS (its box tower also feeds centerness): the global
+        loss then reaches the unit through the Fisher weights only.
         """
+        if self.num_classes != self.logits.shape[-1]:
+            return None
         finals = {"classification_head": "cls_logits", "regression_head": "bbox_reg"}
         tower_name = next((t for t in finals if unit_name.startswith(f"head.{t}.conv.")), None)
         if tower_name is None:
@@ -155,7 +176,7 @@ def filter_view(
     fp, q = dense_forward(fp_model, [image]), dense_forward(qmodel, [image])
     fp_boxes = decode(fp_model, fp.bbox_regression, fp.anchors, fp.image_size)[0]
     q_boxes = decode(fp_model, q.bbox_regression, q.anchors, q.image_size)[0]
-    probs = torch.sigmoid(fp.cls_logits[0])
+    probs = torch.sigmoid(fp.cls_logits[0, :, : fp.num_classes])
     keep = box_filter(probs, fp_boxes, q_boxes, theta_c, theta_i)
     h, w = fp.image_size
     scale = fp_boxes.new_tensor([w, h, w, h])

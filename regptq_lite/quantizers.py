@@ -80,7 +80,7 @@ class UniformQuantizer(nn.Module):
         if self.observer == "percentile":
             flat = x.movedim(self.channel_axis, 0).flatten(1) if self.channel_axis is not None else x.flatten()[None]
             sample = flat.float()[:, :: max(1, flat.shape[1] // 100_000)]
-            lo, hi = torch.quantile(sample, torch.tensor([1e-4, 1 - 1e-4]), dim=1)
+            lo, hi = torch.quantile(sample, sample.new_tensor([1e-4, 1 - 1e-4]), dim=1)
             shape = _per_channel_shape(x, self.channel_axis)
             return lo.reshape(shape), hi.reshape(shape)
         return x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
@@ -232,12 +232,12 @@ class LogAffineQuantizer(nn.Module):
     def emax(self) -> int:
         return 2 ** (self.bits - 1) - 1
 
-    def _grid_error(self, x: torch.Tensor, k: torch.Tensor, a: torch.Tensor, m: torch.Tensor, side: torch.Tensor):
-        """Squared error per channel of the elements on ``side`` under the grid (k, a)."""
-        d = (x - m).abs()
-        e = torch.clamp(torch.round(k * torch.log2(d + 1e-30) + a), 0, self.emax)
+    def _grid_error(self, d: torch.Tensor, log_d: torch.Tensor, k: torch.Tensor, a: torch.Tensor, side: torch.Tensor):
+        """Squared error per channel of the distances ``d`` = |x - m| (``log_d`` = log2 d) on ``side``
+        under the grid (k, a)."""
+        e = torch.clamp(torch.round(k * log_d + a), 0, self.emax)
         err = (d - torch.exp2((e - a) / k)) ** 2 * side
-        return err.sum(dim=_reduce_dims(x, self.channel_axis), keepdim=True)
+        return err.sum(dim=_reduce_dims(d, self.channel_axis), keepdim=True)
 
     @torch.no_grad()
     def init(self, x: torch.Tensor) -> None:
@@ -247,6 +247,8 @@ class LogAffineQuantizer(nn.Module):
         flat = x.movedim(self.channel_axis, 0).flatten(1)
         m = flat.median(dim=1).values.reshape(_per_channel_shape(x, self.channel_axis))
         params = {}
+        distance = (x - m).abs()
+        log_distance = torch.log2(distance + 1e-30)
         for sign, side in (("pos", x >= m), ("neg", x < m)):
             d = (x - m).abs() * side
             top = d.amax(dim=dims, keepdim=True).clamp_min(1e-8)
@@ -256,7 +258,7 @@ class LogAffineQuantizer(nn.Module):
                 for octaves in torch.linspace(0.5, 16, 32).tolist():
                     k = torch.full_like(top, max(self.emax, 1) / octaves)
                     a = self.emax - k * torch.log2(top * clip)
-                    err = self._grid_error(x, k, a, m, side)
+                    err = self._grid_error(distance, log_distance, k, a, side)
                     better = err < best
                     best = torch.where(better, err, best)
                     best_k, best_a = torch.where(better, k, best_k), torch.where(better, a, best_a)
@@ -292,7 +294,7 @@ class LogAffineQuantizer(nn.Module):
 
     def levels(self, channel: int = 0) -> torch.Tensor:
         """The 2^b representable values of one channel, sorted."""
-        e = torch.arange(self.emax + 1, dtype=torch.float32)
+        e = torch.arange(self.emax + 1, dtype=torch.float32, device=self.m.device)
         m = self.m.flatten()[channel]
         pos = m + torch.exp2((e - self.a_pos.flatten()[channel]) / self.k_pos.flatten()[channel].clamp_min(1e-3))
         neg = m - torch.exp2((e - self.a_neg.flatten()[channel]) / self.k_neg.flatten()[channel].clamp_min(1e-3))

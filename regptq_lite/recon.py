@@ -95,12 +95,12 @@ def capture(
     """The inputs (or outputs) of each module over all images: per module, one tensor per call in
     a forward pass (a shared head is called once per pyramid level).
 
-    Capturing the input of a single module stops each forward pass right after its last call.
+    Capturing a single module stops each forward pass right after its last call.
     """
     per_call: dict[str, list[list[torch.Tensor]]] = {name: [] for name in modules}
     calls = dict.fromkeys(modules, 0)
     expected: int | None = None
-    stop_early = not output and len(modules) == 1
+    stop_early = len(modules) == 1
 
     def hook(name: str):
         def record(_m, args, out=None):
@@ -266,18 +266,19 @@ def reconstruct(
     """Calibrate every unit of ``qmodel`` (observers already initialised) in forward order.
 
     Inputs come from the quantized model as it stands (earlier units quantized), targets from
-    a float copy taken before any unit is switched on. With ``settings.fisher`` or
-    ``settings.global_loss``, the float copy is also the teacher of the global loss L_G.
+    a float copy taken before any unit is switched on; both are captured one unit at a time, so
+    memory holds one unit's activations on the calibration set, not every unit's. With
+    ``settings.fisher`` or ``settings.global_loss``, the float copy is also the teacher of the
+    global loss L_G.
     """
     fp = copy.deepcopy(qmodel)
     needs_teacher = settings.fisher or settings.global_loss
     teacher = Teacher(fp, images, settings.theta_c, settings.theta_i) if needs_teacher else None
     stats = []
     units = recon_units(qmodel, granularity)
-    all_targets = capture(fp, {name: fp.get_submodule(name) for name, _ in units}, images, dense_forward, output=True)
     for name, unit in progress(units, desc="calibrate", unit="unit"):
         inputs = capture(qmodel, {name: unit}, images, dense_forward, output=False)[name]
-        targets = all_targets.pop(name)
+        targets = capture(fp, {name: fp.get_submodule(name)}, images, dense_forward, output=True)[name]
         fisher, g2_mean = fisher_weights(qmodel, unit, images, teacher.loss) if settings.fisher else (None, 1.0)
         extra = teacher.head_unit_loss(qmodel, name) if settings.global_loss else None
         result = optimise_unit(unit, inputs, targets, settings, fisher, extra, 1.0 / g2_mean, desc=name)

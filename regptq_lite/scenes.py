@@ -153,6 +153,9 @@ def target_of(scene: Scene) -> dict[str, torch.Tensor]:
 class SceneSet:
     """A fixed, indexable split of scenes (``calib`` or ``val``) with its COCO dict."""
 
+    eval_batch = 50  # images per forward pass in evaluation
+    label_to_category = None  # labels are the category ids
+
     def __init__(self, split: str, size: int | None = None, seed: int | None = None) -> None:
         if split not in SPLIT_SEEDS:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_SEEDS)}")
@@ -172,6 +175,10 @@ class SceneSet:
         if index not in self._cache:
             self._cache[index] = make_scene(self.seed, index)
         return self._cache[index]
+
+    @property
+    def image_ids(self) -> list[int]:
+        return list(range(self.size))
 
     def images(self, indices: range | list[int] | None = None) -> list[torch.Tensor]:
         """The images as float tensors."""

@@ -1,0 +1,120 @@
+"""A COCO-format folder (``val2017/`` + ``annotations/instances_val2017.json``) for torchvision's
+COCO detectors: the evaluation images, the calibration images, and the category mapping.
+
+torchvision's COCO models predict labels 1..90 in the order of their ``categories`` list (91 names
+with ``__background__`` and ``N/A`` gaps); in the official annotation file a category's id equals
+that label. Categories are matched by name, so a folder with other ids (a subset, a re-numbered
+export) maps correctly, and a name torchvision does not know is an error.
+
+The paper calibrates on COCO train2017; here the calibration images are the folder's *last*
+``calib_images`` images (by image id) and are left out of the evaluation, so that one folder is enough.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.models.detection import RetinaNet_ResNet50_FPN_Weights
+
+from .scenes import to_tensor
+
+ANNOTATIONS = Path("annotations") / "instances_val2017.json"
+IMAGES = Path("val2017")
+COCO_LABELS: list[str] = list(RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+
+
+def category_map(categories: list[dict]) -> dict[int, int]:
+    """COCO category id -> torchvision label, matched by name."""
+    mapping = {}
+    for category in categories:
+        name = category.get("name")
+        if name not in COCO_LABELS or name == "N/A":
+            raise ValueError(f"category {name!r} (id {category.get('id')}) is not one of torchvision's COCO classes")
+        mapping[int(category["id"])] = COCO_LABELS.index(name)
+    return mapping
+
+
+class CocoFolder:
+    """The images of a COCO-format folder, split into evaluation and calibration images.
+
+    ``images(indices)`` gives evaluation images at their own size (the detector's transform resizes
+    them, as in torchvision's reference evaluation); ``calibration_images(side)`` gives the held-out
+    images resized so their short side is ``side`` and centre-cropped to ``side`` x ``side``, because
+    calibration batches must share one size (one set of anchors).
+    """
+
+    eval_batch = 2  # images per forward pass in evaluation
+
+    def __init__(self, root: str | Path, calib_images: int = 0, max_images: int | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"COCO folder not found: {self.root}")
+        annotations = self.root / ANNOTATIONS
+        if not annotations.is_file():
+            raise FileNotFoundError(f"COCO annotation file not found: {annotations}")
+        if not (self.root / IMAGES).is_dir():
+            raise FileNotFoundError(f"COCO image folder not found: {self.root / IMAGES}")
+        try:
+            data = json.loads(annotations.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"cannot read {annotations}: {type(err).__name__}") from None
+        keys = ("images", "annotations", "categories")
+        if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys):
+            raise ValueError(f"{annotations} is not a COCO instances file (needs images, annotations, categories)")
+        records = sorted(data["images"], key=lambda r: r["id"])
+        self.label_to_category = {label: cid for cid, label in category_map(data["categories"]).items()}
+        if calib_images >= len(records):
+            raise ValueError(
+                f"--calib-images {calib_images} leaves no evaluation image in {self.root} ({len(records)} images)"
+            )
+        evaluation = records[: len(records) - calib_images]
+        self._eval = evaluation[:max_images] if max_images is not None else evaluation
+        self._calib = records[len(records) - calib_images :] if calib_images else []
+        self._data = data
+
+    def __len__(self) -> int:
+        return len(self._eval)
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [r["id"] for r in self._eval]
+
+    def _read(self, record: dict) -> np.ndarray:
+        path = self.root / IMAGES / record["file_name"]
+        if not path.is_file():
+            raise FileNotFoundError(f"image listed in the annotations is missing: {path}")
+        with Image.open(path) as image:
+            return np.array(image.convert("RGB"))
+
+    def images(self, indices: range | list[int] | None = None) -> list[torch.Tensor]:
+        """Evaluation images as float tensors in [0, 1], at their own size."""
+        indices = range(len(self)) if indices is None else indices
+        return [to_tensor(self._read(self._eval[i])) for i in indices]
+
+    def calibration_images(self, side: int) -> list[torch.Tensor]:
+        """The held-out calibration images, short side resized to ``side``, centre-cropped square."""
+        out = []
+        for record in self._calib:
+            image = to_tensor(self._read(record))
+            h, w = image.shape[-2:]
+            scale = side / min(h, w)
+            size = (max(side, round(h * scale)), max(side, round(w * scale)))
+            image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0]
+            top, left = (size[0] - side) // 2, (size[1] - side) // 2
+            out.append(image[:, top : top + side, left : left + side].clamp(0, 1))
+        return out
+
+    @cached_property
+    def coco(self) -> dict:
+        """The ground truth of the evaluation images as a COCO instances dict."""
+        ids = set(self.image_ids)
+        return {
+            "images": list(self._eval),
+            "annotations": [a for a in self._data["annotations"] if a["image_id"] in ids],
+            "categories": self._data["categories"],
+        }
