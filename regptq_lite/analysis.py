@@ -6,7 +6,9 @@
 - ``head_activation_table``: the same for the inputs of those convs on a batch of scenes;
 - ``branch_noise``: AP when only the box branch or only the class branch gets weight noise,
   relative to each layer's own weight spread (noise std = sigma x std(w));
-- ``branch_quantization``: AP when only one branch of the head is quantized (naive, uniform).
+- ``branch_quantization``: AP when only one branch of the head is quantized (naive, uniform);
+- ``part_quantization``: where a calibrated detector loses its AP: each part (backbone, neck, class
+  branch, box branch) quantized alone, and everything but that part quantized.
 """
 
 from __future__ import annotations
@@ -129,6 +131,36 @@ def branch_quantization(
         set_quant(qmodel, weights=True, activations=True, names=names)
         out[case] = evaluate(qmodel, scenes)
     return out
+
+
+def detector_parts(qmodel: nn.Module) -> dict[str, set[str]]:
+    """The quantized layers of a RetinaNet-style detector by part: backbone, neck (FPN), class and box branch."""
+    names = [name for name, _ in quant_layers(qmodel)]
+    return {
+        "backbone": {n for n in names if n.startswith("backbone.") and not n.startswith("backbone.fpn.")},
+        "neck": {n for n in names if n.startswith("backbone.fpn.")},
+        "class branch": branch_layers(qmodel, "class"),
+        "box branch": branch_layers(qmodel, "box"),
+    }
+
+
+def part_quantization(qmodel: nn.Module, scenes: SceneSet) -> list[dict]:
+    """COCO metrics of a calibrated detector with quantization on in one part only, and in all
+    but one part (that part left float); the first row has nothing, the last everything quantized.
+    Quantization is switched fully on again afterwards."""
+    parts = detector_parts(qmodel)
+    everything = set().union(*parts.values())
+    cases = [("none", "-", set())]
+    cases += [(part, "only", names) for part, names in parts.items()]
+    cases += [(part, "all but", everything - names) for part, names in parts.items()]
+    cases.append(("all", "-", None))
+    rows = []
+    for part, mode, names in cases:
+        set_quant(qmodel, weights=False, activations=False)
+        set_quant(qmodel, weights=True, activations=True, names=names)
+        rows.append({"part": part, "quantized": mode, **evaluate(qmodel, scenes)})
+    set_quant(qmodel, weights=True, activations=True)
+    return rows
 
 
 def llaq_drift(qmodel: nn.Module) -> list[dict]:

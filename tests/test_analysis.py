@@ -40,3 +40,23 @@ def test_branch_noise_rows(fp_model):
     assert set(result) == {"class", "box"}
     assert result["class"][0] == result["box"][0]  # zero noise: the same model
     assert all(len(row) == 4 for rows in result.values() for row in rows)
+
+
+def test_part_quantization_splits_the_detector(fp_model):
+    from regptq_lite.coco_eval import evaluate
+    from regptq_lite.observe import init_quantizers
+    from regptq_lite.qmodel import quant_layers, quantize_detector
+
+    qmodel = quantize_detector(fp_model, 2, 4, regime="full")
+    init_quantizers(qmodel, SceneSet("calib", size=4).images())
+    parts = analysis.detector_parts(qmodel)
+    named = [n for names in parts.values() for n in names]
+    assert sorted(named) == sorted(n for n, _ in quant_layers(qmodel))  # every layer in exactly one part
+    scenes = SceneSet("val", size=4)
+    rows = analysis.part_quantization(qmodel, scenes)
+    cases = [(r["part"], r["quantized"]) for r in rows]
+    assert cases[0] == ("none", "-") and cases[-1] == ("all", "-") and len(cases) == 2 + 2 * len(parts)
+    assert {("box branch", "only"), ("box branch", "all but")} <= set(cases)
+    assert rows[0]["AP"] == evaluate(fp_model, scenes)["AP"]  # nothing quantized: the float detector
+    assert rows[-1]["AP"] == evaluate(qmodel, scenes)["AP"]  # quantization is back on afterwards
+    assert rows[-1]["AP"] < rows[0]["AP"]
