@@ -223,13 +223,16 @@ def markdown(result: dict) -> str:
         "",
         "## Every run",
         "",
-        "| table | method | W/A | head | AP | AP50 | AP75 | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| table | method | W/A | head | changed | AP | AP50 | AP75 | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
+        changed = r.get("variant") or "-"
+        if r["table"] == "filter":
+            changed = f"theta_C {r['settings']['theta_c']:g}, theta_I {r['settings']['theta_i']:g}"
         lines.append(
-            f"| {r['table']} | {r['method']} | W{r['wbits']}A{r['abits']} | {r['head_weights']} | {r['AP']:.1f}"
-            f" | {r['AP50']:.1f} | {r['AP75']:.1f} | {r['seconds']:.0f} |"
+            f"| {r['table']} | {r['method']} | W{r['wbits']}A{r['abits']} | {r['head_weights']} | {changed}"
+            f" | {r['AP']:.1f} | {r['AP50']:.1f} | {r['AP75']:.1f} | {r['seconds']:.0f} |"
         )
     lines += ["", "## Weight MSE: LLAQ vs MSE-searched uniform", "", "| weights | bits | uniform | LLAQ | LLAQ shift |"]
     lines.append("|---|---|---|---|---|")

@@ -18,10 +18,16 @@ def command_line() -> str:
 
 
 def git_commit() -> str:
-    """The checked-out commit, with '-dirty' if tracked files changed; 'unknown' outside git."""
+    """The checked-out commit, with '-dirty' if tracked files changed; 'unknown' outside git.
+
+    Files under ``data/results/`` do not count: a bench writes there as it goes, and an interrupted
+    bench must still find its own commit to resume."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "-uno", "--", ".", ":(exclude)data/results"],
+            cwd=REPO, capture_output=True, text=True,
+        )  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")

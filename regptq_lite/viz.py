@@ -228,3 +228,25 @@ def plot_heatmap(table: pd.DataFrame, title: str, fmt: str = ".1f") -> plt.Figur
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_part_loss(rows_by_method: dict[str, list[dict]]) -> plt.Figure:
+    """Per detector part and method (``analysis.part_quantization`` rows): AP lost when only that part
+    is quantized, and AP won back when everything but that part is quantized."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    methods = list(rows_by_method)
+    width = 0.8 / len(methods)
+    for i, (method, rows) in enumerate(rows_by_method.items()):
+        by_case = {(r["part"], r["quantized"]): r["AP"] for r in rows}
+        parts = [r["part"] for r in rows if r["quantized"] == "only"]
+        lost = [by_case[("none", "-")] - by_case[(p, "only")] for p in parts]
+        won = [by_case[(p, "all but")] - by_case[("all", "-")] for p in parts]
+        ys = [y + (i - (len(methods) - 1) / 2) * width for y in range(len(parts))]
+        axes[0].barh(ys, lost, height=width, label=method)
+        axes[1].barh(ys, won, height=width, label=method)
+    axes[0].set(yticks=range(len(parts)), yticklabels=parts, xlabel="AP lost", title="only this part quantized")
+    axes[1].set(xlabel="AP won back", title="everything but this part quantized")
+    axes[0].invert_yaxis()
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
