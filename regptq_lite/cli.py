@@ -192,7 +192,7 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from .detectors import MODELS
+    from .detectors import CHECKPOINTS
     from .methods import METHODS
     from .qmodel import REGIMES
     from .report import REPORTS_DIR
@@ -200,8 +200,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m regptq_lite", description="Reg-PTQ workbook commands.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train the FP detector from scratch (deterministic)")
-    p.add_argument("--model", default="tiny_retinanet", choices=sorted(MODELS))
+    p = sub.add_parser("train", help="train a tiny detector from scratch on the scenes (deterministic)")
+    p.add_argument("--model", default="tiny_retinanet", choices=sorted(CHECKPOINTS))
     p.add_argument("--iters", type=_positive_int, default=2800)
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)

@@ -9,60 +9,24 @@ the FP probabilities, no labels, minus its constant value at y^ = y, so that L_G
 models agree: the binary KL divergence, with the same gradient), b, b^ the decoded boxes divided by the image size. The
 two-step filter acts on the box term only: I_HC keeps predictions whose FP confidence
 max_c y_i >= theta_C; I_HI keeps pairs with IoU(b_i, b^_i) >= theta_I (PAPER.md section 5).
+
+Two-stage detectors add the same loss on the RPN (objectness as one sigmoid class) and a softmax
+form on the RoI head, whose predictions pair up because both models score the FP proposals.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .detectors import is_two_stage
+from .head_outputs import decode, decode_roi, dense_forward, flatten_levels, two_stage_forward
+
 THETA_C = 2e-4
 THETA_I = 0.1
-
-
-@dataclass
-class DenseOutput:
-    """A one-stage detector's raw outputs: per image, per anchor, before post-processing.
-
-    For FCOS the centerness logit is appended to the class logits as one more sigmoid column
-    (it multiplies into the score); ``num_classes`` counts the class columns only.
-    """
-
-    cls_logits: torch.Tensor  # N x A x C (C = num_classes, + 1 with centerness)
-    bbox_regression: torch.Tensor  # N x A x 4 (box deltas)
-    anchors: torch.Tensor  # A x 4 (the same for every image of one size)
-    image_size: tuple[int, int]
-    level_sizes: list[int]  # predictions per pyramid level, in order
-    num_classes: int
-
-
-def dense_forward(model: nn.Module, images: list[torch.Tensor]) -> DenseOutput:
-    """Run a torchvision RetinaNet or FCOS up to its head outputs (images must share one size)."""
-    batch, _ = model.transform(images)
-    features = list(model.backbone(batch.tensors).values())
-    out = model.head(features)
-    anchors = model.anchor_generator(batch, features)[0]
-    per_position = model.anchor_generator.num_anchors_per_location()[0]
-    sizes = [f.shape[-2] * f.shape[-1] * per_position for f in features]
-    logits = out["cls_logits"]
-    if "bbox_ctrness" in out:
-        logits = torch.cat([logits, out["bbox_ctrness"]], -1)
-    size = tuple(batch.tensors.shape[-2:])
-    return DenseOutput(logits, out["bbox_regression"], anchors, size, sizes, out["cls_logits"].shape[-1])
-
-
-def decode(model: nn.Module, deltas: torch.Tensor, anchors: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """Box deltas (N x A x 4) -> boxes (N x A x 4) divided by the image size."""
-    n, a, _ = deltas.shape
-    coder = model.box_coder
-    decode_rows = coder.decode_single if hasattr(coder, "decode_single") else coder.decode  # FCOS: linear coder
-    boxes = decode_rows(deltas.reshape(-1, 4), anchors.repeat(n, 1)).reshape(n, a, 4)
-    h, w = image_size
-    return boxes / boxes.new_tensor([w, h, w, h])
 
 
 def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -103,66 +67,178 @@ def global_loss(
     return loss, {"kept": keep.float().mean().item(), "cls": cls.mean().item(), "box": box.sum().item() / n}
 
 
+def roi_global_loss(
+    fp_logits: torch.Tensor,
+    q_logits: torch.Tensor,
+    fp_boxes: torch.Tensor,
+    q_boxes: torch.Tensor,
+    theta_c: float = THETA_C,
+    theta_i: float = THETA_I,
+    lam: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_G for RoIs that both heads scored (R x (C + 1) softmax logits, background first; R x 4
+    normalised boxes of the FP's most likely foreground class): KL(p || p^) for the class term (the
+    cross-entropy minus its value at p^ = p), the filtered L1 box term as for dense heads."""
+    fp_log_probs = fp_logits.log_softmax(-1)
+    cls = (fp_log_probs.exp() * (fp_log_probs - q_logits.log_softmax(-1))).sum(-1)
+    keep = box_filter(fp_log_probs[:, 1:].exp(), fp_boxes, q_boxes.detach(), theta_c, theta_i)
+    box = (fp_boxes - q_boxes).abs().sum(-1) * keep
+    n = max(len(cls), 1)
+    loss = (cls.sum() + lam * box.sum()) / n
+    return loss, {"kept": keep.float().mean().item() if len(keep) else 0.0, "cls": cls.sum().item() / n}
+
+
+def _rest_of(container: nn.Module, unit_name: str, prefix: str) -> tuple[int, list[nn.Module]]:
+    """For a unit inside ``container`` (an ``nn.Sequential`` of conv groups named ``prefix``<i>[.<j>]):
+    the index i of its group and the modules of that group that follow the unit."""
+    index, *inner = unit_name[len(prefix) :].split(".")
+    rest = list(container[int(index)])[int(inner[0]) + 1 :] if inner else []
+    return int(index), rest
+
+
 class Teacher:
-    """The FP detector's dense outputs on the calibration images, and L_G against them."""
+    """The FP detector's raw head outputs on the calibration images, and L_G against them.
+
+    One-stage: per image and anchor, class logits and decoded boxes. Two-stage: the same for the
+    RPN, plus the FP proposals and the RoI head's logits and boxes (of the FP's most likely
+    foreground class) on them; the quantized detector's RoI head scores the FP proposals too
+    (``forward``), so that its boxes pair with the FP ones (PAPER.md section 5).
+    """
 
     def __init__(
         self, fp_model: nn.Module, images: list[torch.Tensor], theta_c: float, theta_i: float, batch_size: int = 32
     ) -> None:
         self.model, self.theta_c, self.theta_i = fp_model, theta_c, theta_i
-        logits, boxes = [], []
+        self.two_stage = is_two_stage(fp_model)
+        self.proposals: list[torch.Tensor] = []
+        logits, boxes, roi_logits, roi_boxes, roi_classes = [], [], [], [], []
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                d = dense_forward(fp_model, images[start : start + batch_size])
+                out = self._forward(fp_model, images[start : start + batch_size], None)
+                d = out.rpn if self.two_stage else out
                 logits.append(d.cls_logits)
                 boxes.append(decode(fp_model, d.bbox_regression, d.anchors, d.image_size))
+                if self.two_stage:
+                    self.proposals += out.proposals
+                    classes = out.roi_logits[:, 1:].argmax(-1) + 1
+                    proposals = torch.cat(out.proposals)
+                    roi_logits.append(out.roi_logits)
+                    roi_classes.append(classes)
+                    roi_boxes.append(decode_roi(fp_model, out.roi_deltas, proposals, classes, d.image_size))
         self.logits, self.boxes = torch.cat(logits), torch.cat(boxes)
         self.anchors, self.image_size, self.level_sizes = d.anchors, d.image_size, d.level_sizes
         self.num_classes = d.num_classes
         self.offsets = [sum(d.level_sizes[:i]) for i in range(len(d.level_sizes))]
+        if self.two_stage:
+            self.roi_logits, self.roi_boxes = torch.cat(roi_logits), torch.cat(roi_boxes)
+            self.roi_classes, self.roi_proposals = torch.cat(roi_classes), torch.cat(self.proposals)
+            counts = torch.tensor([0] + [len(p) for p in self.proposals])
+            self.roi_offsets = counts.cumsum(0).tolist()
+
+    def _forward(self, model: nn.Module, images: list[torch.Tensor], rows: slice | None):
+        if not self.two_stage:
+            return dense_forward(model, images)
+        return two_stage_forward(model, images, None if rows is None else self.proposals[rows])
+
+    def forward(self, model: nn.Module, images: list[torch.Tensor], rows: slice) -> object:
+        """Run ``model`` on calibration images ``rows`` up to its head outputs (two-stage: on the
+        FP proposals), as calibration captures a unit's inputs and targets."""
+        return self._forward(model, images, rows)
+
+    def _roi_rows(self, rows: slice) -> slice:
+        last = len(self.proposals)
+        return slice(self.roi_offsets[min(rows.start, last)], self.roi_offsets[min(rows.stop, last)])
 
     def loss(self, qmodel: nn.Module, images: list[torch.Tensor], rows: slice) -> torch.Tensor:
         """L_G of the whole quantized detector on ``images`` (calibration rows ``rows``)."""
-        d = dense_forward(qmodel, images)
+        out = self._forward(qmodel, images, rows)
+        d = out.rpn if self.two_stage else out
         q_boxes = decode(self.model, d.bbox_regression, d.anchors, d.image_size)
         fp_logits, fp_boxes = self.logits[rows], self.boxes[rows]
-        return global_loss(
+        loss = global_loss(
             fp_logits, d.cls_logits, fp_boxes, q_boxes, self.theta_c, self.theta_i, 1.0, self.num_classes
         )[0]
+        if self.two_stage:
+            r = self._roi_rows(rows)
+            q_roi = decode_roi(self.model, out.roi_deltas, self.roi_proposals[r], self.roi_classes[r], d.image_size)
+            loss = (
+                loss
+                + roi_global_loss(
+                    self.roi_logits[r], out.roi_logits, self.roi_boxes[r], q_roi, self.theta_c, self.theta_i
+                )[0]
+            )
+        return loss
 
     def head_unit_loss(
         self, qmodel: nn.Module, unit_name: str
     ) -> Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None:
-        """L_G as a function of a head tower unit's output, for one pyramid level and images idx.
+        """L_G as a function of a head unit's output (for one call, i.e. pyramid level, and rows idx).
 
-        The rest of the tower and the prediction layer run on the unit's output; a class-tower
-        unit changes only the class term, a box-tower unit only the (filtered) box term. None for
-        units outside the towers, and for FCOS (its box tower also feeds centerness): the global
-        loss then reaches the unit through the Fisher weights only.
+        The rest of the head runs on the unit's output. RetinaNet: a class-tower unit changes only
+        the class term, a box-tower unit only the (filtered) box term. Faster R-CNN: an RPN conv unit
+        changes the RPN's terms, a unit of the two-layer MLP box head the RoI terms (rows are RoIs).
+        None for units outside the heads, for FCOS (its box tower also feeds centerness) and for
+        other RoI box heads: the global loss then reaches the unit through the Fisher weights only.
         """
+        if self.two_stage:
+            return self._rpn_unit_loss(qmodel, unit_name) or self._roi_unit_loss(qmodel, unit_name)
         if self.num_classes != self.logits.shape[-1]:
             return None
         finals = {"classification_head": "cls_logits", "regression_head": "bbox_reg"}
         tower_name = next((t for t in finals if unit_name.startswith(f"head.{t}.conv.")), None)
         if tower_name is None:
             return None
-        final, prefix = finals[tower_name], f"head.{tower_name}.conv."
+        final = finals[tower_name]
         tower = qmodel.get_submodule(f"head.{tower_name}")
-        index, *inner = unit_name[len(prefix) :].split(".")
-        rest = list(tower.conv[int(index)])[int(inner[0]) + 1 :] if inner else []
-        downstream = nn.Sequential(*rest, *list(tower.conv)[int(index) + 1 :], getattr(tower, final))
+        index, rest = _rest_of(tower.conv, unit_name, f"head.{tower_name}.conv.")
+        downstream = nn.Sequential(*rest, *list(tower.conv)[index + 1 :], getattr(tower, final))
         per_position = self.model.anchor_generator.num_anchors_per_location()[0]
 
         def loss(out: torch.Tensor, call: int, idx: torch.Tensor) -> torch.Tensor:
-            y = downstream(out)
-            n, _, h, w = y.shape
-            y = y.view(n, per_position, -1, h, w).permute(0, 3, 4, 1, 2).reshape(n, h * w * per_position, -1)
             rows = slice(self.offsets[call], self.offsets[call] + self.level_sizes[call])
+            y = downstream(out)
+            y = flatten_levels([y], y.shape[1] // per_position)
             fp_logits, fp_boxes = self.logits[idx, rows], self.boxes[idx, rows]
             if final == "cls_logits":
                 return global_loss(fp_logits, y, fp_boxes, fp_boxes, self.theta_c, self.theta_i)[0]
             q_boxes = decode(self.model, y, self.anchors[rows], self.image_size)
             return global_loss(fp_logits, fp_logits, fp_boxes, q_boxes, self.theta_c, self.theta_i)[0]
+
+        return loss
+
+    def _rpn_unit_loss(self, qmodel: nn.Module, unit_name: str):
+        prefix = "rpn.head.conv."
+        if not unit_name.startswith(prefix):
+            return None
+        head = qmodel.rpn.head
+        index, rest = _rest_of(head.conv, unit_name, prefix)
+        trunk = nn.Sequential(*rest, *list(head.conv)[index + 1 :])
+
+        def loss(out: torch.Tensor, call: int, idx: torch.Tensor) -> torch.Tensor:
+            y = trunk(out)
+            rows = slice(self.offsets[call], self.offsets[call] + self.level_sizes[call])
+            objectness, deltas = flatten_levels([head.cls_logits(y)], 1), flatten_levels([head.bbox_pred(y)], 4)
+            q_boxes = decode(self.model, deltas, self.anchors[rows], self.image_size)
+            return global_loss(
+                self.logits[idx, rows], objectness, self.boxes[idx, rows], q_boxes, self.theta_c, self.theta_i
+            )[0]
+
+        return loss
+
+    def _roi_unit_loss(self, qmodel: nn.Module, unit_name: str):
+        roi = qmodel.roi_heads
+        layers = ("fc6", "fc7")
+        if not hasattr(roi.box_head, "fc7") or unit_name not in {f"roi_heads.box_head.{n}" for n in layers}:
+            return None
+        after = layers[layers.index(unit_name.rsplit(".", 1)[1]) + 1 :]
+        downstream = nn.Sequential(nn.ReLU(), *(m for n in after for m in (getattr(roi.box_head, n), nn.ReLU())))
+
+        def loss(out: torch.Tensor, call: int, idx: torch.Tensor) -> torch.Tensor:
+            logits, deltas = roi.box_predictor(downstream(out))
+            q_boxes = decode_roi(self.model, deltas, self.roi_proposals[idx], self.roi_classes[idx], self.image_size)
+            return roi_global_loss(
+                self.roi_logits[idx], logits, self.roi_boxes[idx], q_boxes, self.theta_c, self.theta_i
+            )[0]
 
         return loss
 

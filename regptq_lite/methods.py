@@ -13,7 +13,7 @@ from torch import nn
 
 from .coco_eval import evaluate
 from .coco_folder import CocoFolder
-from .detectors import TORCHVISION_DETECTORS, is_two_stage, load_checkpoint, set_image_size
+from .detectors import TORCHVISION_DETECTORS, load_checkpoint, set_image_size
 from .observe import init_quantizers
 from .qmodel import quantize_detector, set_quant
 from .quantizers import check_bits
@@ -155,11 +155,6 @@ def calibrate(
     torch.manual_seed(seed)
     start = time.time()
     fp_model = load_detector(model_name, checkpoint, image_size, device)
-    if is_two_stage(fp_model) and METHODS[method].reconstruct:
-        raise ValueError(
-            f"{method} on the two-stage {model_name} is not implemented yet (its units need the FP proposals"
-            " fed to both RoI heads); naive works"
-        )
     images, val = data(model_name, calib_images, val_images, coco_root, fp_model.transform.min_size[0])
     images = [x.to(device) for x in images]
     head_kind = head_weight_kind or METHODS[method].head_weight_kind

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .fgic import THETA_C, THETA_I, Teacher, dense_forward
+from .detectors import is_two_stage
+from .fgic import THETA_C, THETA_I, Teacher
+from .head_outputs import dense_forward
 from .progress import progress
 from .qmodel import QuantLayer, set_quant
 from .quantizers import AdaRoundQuantizer, LogAffineQuantizer, UniformQuantizer
@@ -88,12 +90,13 @@ def capture(
     model: nn.Module,
     modules: dict[str, nn.Module],
     images: list[torch.Tensor],
-    run: Callable[[nn.Module, list[torch.Tensor]], object],
+    run: Callable[[nn.Module, list[torch.Tensor], slice], object],
     output: bool,
     batch_size: int = 32,
 ) -> dict[str, list[torch.Tensor]]:
     """The inputs (or outputs) of each module over all images: per module, one tensor per call in
-    a forward pass (a shared head is called once per pyramid level).
+    a forward pass (a shared head is called once per pyramid level). ``run(model, batch, rows)``
+    runs the forward pass on the images ``rows`` of ``images``.
 
     Capturing a single module stops each forward pass right after its last call.
     """
@@ -122,7 +125,7 @@ def capture(
             for start in range(0, len(images), batch_size):
                 calls = dict.fromkeys(modules, 0)
                 try:
-                    run(model, images[start : start + batch_size])
+                    run(model, images[start : start + batch_size], slice(start, start + batch_size))
                 except _StopForward:
                     pass
                 expected = max(calls.values())
@@ -269,16 +272,18 @@ def reconstruct(
     a float copy taken before any unit is switched on; both are captured one unit at a time, so
     memory holds one unit's activations on the calibration set, not every unit's. With
     ``settings.fisher`` or ``settings.global_loss``, the float copy is also the teacher of the
-    global loss L_G.
+    global loss L_G. A two-stage detector always runs on the float copy's proposals, so that the
+    RoI heads of both models see the same boxes.
     """
     fp = copy.deepcopy(qmodel)
-    needs_teacher = settings.fisher or settings.global_loss
+    needs_teacher = settings.fisher or settings.global_loss or is_two_stage(qmodel)
     teacher = Teacher(fp, images, settings.theta_c, settings.theta_i) if needs_teacher else None
+    forward = teacher.forward if teacher is not None else lambda model, batch, _rows: dense_forward(model, batch)
     stats = []
     units = recon_units(qmodel, granularity)
     for name, unit in progress(units, desc="calibrate", unit="unit"):
-        inputs = capture(qmodel, {name: unit}, images, dense_forward, output=False)[name]
-        targets = capture(fp, {name: fp.get_submodule(name)}, images, dense_forward, output=True)[name]
+        inputs = capture(qmodel, {name: unit}, images, forward, output=False)[name]
+        targets = capture(fp, {name: fp.get_submodule(name)}, images, forward, output=True)[name]
         fisher, g2_mean = fisher_weights(qmodel, unit, images, teacher.loss) if settings.fisher else (None, 1.0)
         extra = teacher.head_unit_loss(qmodel, name) if settings.global_loss else None
         result = optimise_unit(unit, inputs, targets, settings, fisher, extra, 1.0 / g2_mean, desc=name)

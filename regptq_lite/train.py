@@ -85,7 +85,7 @@ def train(
         "iters": iters,
         "batch_size": batch_size,
         "lr": lr,
-        "box_loss": model.head.regression_head._loss_type,
+        "box_loss": model.head.regression_head._loss_type if hasattr(model, "head") else "smooth_l1",
         "threads": threads,
         "train_seconds": round(train_seconds, 1),
         "parameters": count_parameters(model),

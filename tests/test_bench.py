@@ -59,3 +59,24 @@ def test_markdown_renders_every_table():
     # once in each of the four grids (the ablation shows the methods run as Reg-PTQ), and three rows in the list
     assert text.count("12.3") == 7
     assert "100 iterations per unit" in text
+
+
+def test_results_do_not_make_the_commit_dirty(tmp_path, monkeypatch):
+    import subprocess
+
+    from regptq_lite import provenance
+
+    (tmp_path / "data" / "results").mkdir(parents=True)
+    (tmp_path / "data" / "results" / "bench.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "c"], check=True)
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+    clean = provenance.git_commit()
+    assert len(clean) == 40
+    (tmp_path / "data" / "results" / "bench.json").write_text('{"runs": []}')
+    assert provenance.git_commit() == clean  # a bench writing its results: still resumable
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert provenance.git_commit() == clean + "-dirty"
