@@ -1,6 +1,7 @@
 """``python -m regptq_lite bench``: the benchmark figures, written with their provenance.
 
-- every method x {W2A4, W3A3, W4A4, W4A8} on the tiny RetinaNet, fully quantized, plus naive W8A8;
+- every method x {W2A4, W3A3, W4A4, W4A8} on the tiny RetinaNet, fully quantized, plus naive W8A8
+  (``--model tiny_fasterrcnn``: the same table for the tiny Faster R-CNN, in its own file);
 - the paper's Table 2 analogue: Reg-PTQ at W2A4 over theta_C x theta_I;
 - the Table 3 analogue: Reg-PTQ with a uniform vs an LLAQ head at W2A4, W3A3, W4A4;
 - an ablation of Reg-PTQ at W2A4 and W3A3: without the global loss, without the filter, LLAQ lr x10;
@@ -44,10 +45,24 @@ ABLATION = {
 }
 
 
-def plan(fast: bool, methods: list[str] | None = None) -> list[dict]:
-    """Every run of the bench (only those of ``methods``, if given): table, method, bits, overrides."""
+DEFAULT_MODEL = "tiny_retinanet"
+
+
+def plan(fast: bool, methods: list[str] | None = None, model: str = DEFAULT_MODEL) -> list[dict]:
+    """Every run of the bench (only those of ``methods``, if given): table, method, bits, overrides.
+    Models other than the tiny RetinaNet get the methods table only."""
     runs = [{"table": "methods", "method": m, "wbits": w, "abits": a} for m in METHODS for w, a in BITS]
     runs.append({"table": "methods", "method": "naive", "wbits": 8, "abits": 8})
+    if model == DEFAULT_MODEL:
+        runs += _component_runs()
+    if methods is not None:
+        runs = [r for r in runs if r["method"] in methods]
+    return runs[:6] if fast else runs
+
+
+def _component_runs() -> list[dict]:
+    """Reg-PTQ's parts, one at a time: the head quantizer, the ablation and the filter grid."""
+    runs = []
     for w, a in BITS[:3]:
         for kind in ("uniform", "llaq"):
             runs.append({"table": "head_quantizer", "method": "regptq", "wbits": w, "abits": a, "head": kind})
@@ -75,9 +90,7 @@ def plan(fast: bool, methods: list[str] | None = None) -> list[dict]:
                     "overrides": {"theta_c": tc, "theta_i": ti},
                 }
             )
-    if methods is not None:
-        runs = [r for r in runs if r["method"] in methods]
-    return runs[:6] if fast else runs
+    return runs
 
 
 def ablation(runs: list[dict]) -> dict[str, dict[str, dict | None]]:
@@ -156,39 +169,9 @@ def _grid(rows: list, cols: list, cell) -> list[str]:
     return out
 
 
-def markdown(result: dict) -> str:
-    """The benchmark as markdown tables (AP on the 0-100 scale, 500 validation scenes)."""
-    runs = result["runs"]
-    fp = runs[0]["fp_AP"] if runs else float("nan")
-    budget = result.get("budget", {})
-    lines = [
-        "# Benchmark results",
-        "",
-        f"Command: `{result['command']}`  ",
-        f"Commit: `{result['commit']}`  ",
-        f"Machine: {result['machine']}  ",
-        f"Budget: {budget.get('iters')} iterations per unit, {budget.get('calib_images')} calibration images "
-        "(the paper: 2k iterations per unit, batch 256).  ",
-        f"Runs: {len(runs)} of the {len(plan(result.get('fast', False)))} planned"
-        + ("." if len(runs) >= len(plan(result.get("fast", False))) else " (an unfinished bench: the rest is blank)."),
-        "",
-        f"## Methods x bits, tiny RetinaNet, full quantization (FP AP {fp:.1f})",
-        "",
-    ]
-    settings = [f"W{w}A{a}" for w, a in BITS] + ["W8A8"]
-
-    def method_cell(method, setting):
-        return next(
-            (
-                r
-                for r in runs
-                if r["table"] == "methods" and r["method"] == method and f"W{r['wbits']}A{r['abits']}" == setting
-            ),
-            None,
-        )
-
-    lines += _grid(list(METHODS), settings, method_cell)
-    lines += ["", f"## Filter thresholds (Reg-PTQ, W{BITS[0][0]}A{BITS[0][1]}): rows theta_C, columns theta_I", ""]
+def _component_sections(runs: list[dict]) -> list[str]:
+    """The filter grid, the head quantizer and the ablation tables (tiny RetinaNet only)."""
+    lines = ["", f"## Filter thresholds (Reg-PTQ, W{BITS[0][0]}A{BITS[0][1]}): rows theta_C, columns theta_I", ""]
 
     def filter_cell(tc, ti):
         return next(
@@ -219,6 +202,45 @@ def markdown(result: dict) -> str:
     table = ablation(runs)
     lines += ["", "## Ablation (Reg-PTQ with one component changed)", ""]
     lines += _grid(list(table), [f"W{w}A{a}" for w, a in BITS[:2]], lambda row, setting: table[row][setting])
+    return lines
+
+
+def markdown(result: dict) -> str:
+    """The benchmark as markdown tables (AP on the 0-100 scale, 500 validation scenes)."""
+    runs = result["runs"]
+    fp = runs[0]["fp_AP"] if runs else float("nan")
+    budget = result.get("budget", {})
+    model = result.get("model", DEFAULT_MODEL)
+    planned = len(plan(result.get("fast", False), model=model))
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Commit: `{result['commit']}`  ",
+        f"Machine: {result['machine']}  ",
+        f"Budget: {budget.get('iters')} iterations per unit, {budget.get('calib_images')} calibration images "
+        "(the paper: 2k iterations per unit, batch 256).  ",
+        f"Runs: {len(runs)} of the {planned} planned"
+        + ("." if len(runs) >= planned else " (an unfinished bench: the rest is blank)."),
+        "",
+        f"## Methods x bits, {model}, full quantization (FP AP {fp:.1f})",
+        "",
+    ]
+    settings = [f"W{w}A{a}" for w, a in BITS] + ["W8A8"]
+
+    def method_cell(method, setting):
+        return next(
+            (
+                r
+                for r in runs
+                if r["table"] == "methods" and r["method"] == method and f"W{r['wbits']}A{r['abits']}" == setting
+            ),
+            None,
+        )
+
+    lines += _grid(list(METHODS), settings, method_cell)
+    if model == DEFAULT_MODEL:
+        lines += _component_sections(runs)
     lines += [
         "",
         "## Every run",
@@ -257,9 +279,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def result_name(model: str = DEFAULT_MODEL) -> str:
+    """The results file of a model's bench: ``bench.json`` for the tiny RetinaNet, else ``bench_<model>.json``."""
+    return "bench.json" if model == DEFAULT_MODEL else f"bench_{model}.json"
+
+
 def load(path: Path | None = None) -> dict:
     """A committed benchmark result (default ``data/results/bench.json``)."""
-    path = Path(path) if path is not None else RESULTS_DIR / "bench.json"
+    path = Path(path) if path is not None else RESULTS_DIR / result_name()
     if not path.is_file():
         raise FileNotFoundError(f"no benchmark results at {path}; run python -m regptq_lite bench")
     return json.loads(path.read_text())
@@ -312,13 +339,15 @@ def gap_to_best_baseline(methods: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def run_bench(fast: bool = False, out_dir: Path | None = None, methods: list[str] | None = None) -> dict:
-    """Run (or resume) every benchmark; write ``bench.json`` and ``bench.md`` to ``out_dir``."""
+def run_bench(
+    fast: bool = False, out_dir: Path | None = None, methods: list[str] | None = None, model: str = DEFAULT_MODEL
+) -> dict:
+    """Run (or resume) every benchmark of ``model``; write its JSON and markdown (``result_name``) to ``out_dir``."""
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     budget = FAST if fast else FULL
     commit = git_commit()
-    path = out_dir / "bench.json"
+    path = out_dir / result_name(model)
     done: dict[str, dict] = {}
     if path.is_file():
         previous = json.loads(path.read_text())
@@ -328,17 +357,17 @@ def run_bench(fast: bool = False, out_dir: Path | None = None, methods: list[str
         "command": command_line(),
         "commit": commit,
         "machine": machine(),
+        "model": model,
         "fast": fast,
         "budget": budget,
         "runs": [],
         "quantizer_mse": quantizer_mse(),
         "cost": {},
     }
-    model, _ = load_checkpoint("tiny_retinanet")
-    result["cost"]["tiny_retinanet"] = cost_table(model, SceneSet("val", size=1).images())
-    if not fast:
+    result["cost"][model] = cost_table(load_checkpoint(model)[0], SceneSet("val", size=1).images())
+    if not fast and model == DEFAULT_MODEL:
         result["cost"].update(torchvision_costs())
-    for spec in progress(plan(fast, methods), desc="bench", unit="run"):
+    for spec in progress(plan(fast, methods, model), desc=f"bench {model}", unit="run"):
         key = _key(spec, budget)
         if key not in done:
             _, run = calibrate(
@@ -347,6 +376,7 @@ def run_bench(fast: bool = False, out_dir: Path | None = None, methods: list[str
                 spec["abits"],
                 iters=budget["iters"],
                 calib_images=budget["calib_images"],
+                model_name=model,
                 head_weight_kind=spec.get("head"),
                 overrides=spec.get("overrides"),
             )
@@ -354,5 +384,5 @@ def run_bench(fast: bool = False, out_dir: Path | None = None, methods: list[str
             done[key] = {**run, "key": key}
         result["runs"].append({**done[key], "table": spec["table"], "variant": spec.get("variant")})
         write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
-    write_atomic(out_dir / "bench.md", lambda tmp: tmp.write_text(markdown(result)))
+    write_atomic(path.with_suffix(".md"), lambda tmp: tmp.write_text(markdown(result)))
     return result

@@ -129,7 +129,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import RESULTS_DIR, markdown, run_bench
+    from .bench import RESULTS_DIR, markdown, result_name, run_bench
     from .methods import METHODS
     from .report import REPORTS_DIR
 
@@ -137,8 +137,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     unknown = set(args.methods or []) - set(METHODS)
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(sorted(unknown))}; expected some of {', '.join(METHODS)}")
-    print(markdown(run_bench(fast=args.fast, out_dir=out, methods=args.methods)))
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}")
+    path = out / result_name(args.model)
+    print(markdown(run_bench(fast=args.fast, out_dir=out, methods=args.methods, model=args.model)))
+    print(f"wrote {path} and {path.with_suffix('.md')}")
 
 
 def _cmd_toy(args: argparse.Namespace) -> None:
@@ -246,6 +247,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark figures; writes bench.json and bench.md")
     p.add_argument("--fast", action="store_true", help="fewer calibration images, tiny model only")
     p.add_argument("--methods", nargs="+", default=None, help="run only these methods (default: all)")
+    p.add_argument(
+        "--model",
+        default="tiny_retinanet",
+        choices=sorted(CHECKPOINTS),
+        help="tiny_fasterrcnn: its methods x bits table, in bench_tiny_fasterrcnn.json",
+    )
     p.add_argument(
         "--out", type=Path, default=None, help="output folder (default: data/results, --fast: reports/bench)"
     )

@@ -74,7 +74,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
         if step % 20 == 0:
-            bar.set_postfix({k[:4]: f"{v.item():.3f}" for k, v in losses.items()})
+            bar.set_postfix({k.removeprefix("loss_")[:4]: f"{v.item():.3f}" for k, v in losses.items()})
     train_seconds = time.time() - start
     model.cpu().eval()
     metrics = evaluate(model, SceneSet("val", size=val_size))

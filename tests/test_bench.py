@@ -1,4 +1,4 @@
-from regptq_lite.bench import ABLATION, BITS, FULL, THETA_C, THETA_I, _key, ablation, markdown, plan
+from regptq_lite.bench import ABLATION, BITS, FULL, THETA_C, THETA_I, _key, ablation, markdown, plan, result_name
 from regptq_lite.methods import METHODS
 
 
@@ -80,3 +80,19 @@ def test_results_do_not_make_the_commit_dirty(tmp_path, monkeypatch):
     assert provenance.git_commit() == clean  # a bench writing its results: still resumable
     (tmp_path / "code.py").write_text("x = 2\n")
     assert provenance.git_commit() == clean + "-dirty"
+
+
+def test_a_second_model_gets_the_methods_table_in_its_own_file():
+    runs = plan(fast=False, model="tiny_fasterrcnn")
+    assert {r["table"] for r in runs} == {"methods"} and len(runs) == len(METHODS) * len(BITS) + 1
+    assert [r["method"] for r in plan(fast=False, methods=["brecq"], model="tiny_fasterrcnn")] == ["brecq"] * 4
+    assert result_name() == "bench.json" and result_name("tiny_fasterrcnn") == "bench_tiny_fasterrcnn.json"
+    run = {
+        "table": "methods", "method": "naive", "wbits": 2, "abits": 4, "AP": 12.3, "AP50": 30.0, "AP75": 10.0,
+        "fp_AP": 50.0, "seconds": 10.0, "head_weights": "uniform", "settings": {},
+    }  # fmt: skip
+    result = {"command": "c", "commit": "abc", "machine": "m", "model": "tiny_fasterrcnn", "budget": FULL,
+              "runs": [run], "quantizer_mse": [], "cost": {}}  # fmt: skip
+    text = markdown(result)
+    assert "Methods x bits, tiny_fasterrcnn" in text and "Runs: 1 of the 21 planned" in text
+    assert "Filter thresholds" not in text and "Ablation" not in text
