@@ -54,38 +54,29 @@ def global_loss(
     theta_i: float = THETA_I,
     lam: float = 1.0,
     num_classes: int | None = None,
+    softmax: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_G for matched dense predictions (... x C logits, ... x 4 normalised boxes) and filter stats;
-    the confidence filter looks at the first ``num_classes`` columns (default: all)."""
-    fp_probs = torch.sigmoid(fp_logits)
-    cls = F.binary_cross_entropy_with_logits(q_logits, fp_probs, reduction="none")
-    cls = (cls - F.binary_cross_entropy_with_logits(fp_logits, fp_probs, reduction="none")).sum(-1)
-    keep = box_filter(fp_probs[..., :num_classes], fp_boxes, q_boxes.detach(), theta_c, theta_i)
-    box = (fp_boxes - q_boxes).abs().sum(-1) * keep
-    n = cls.numel()
-    loss = (cls.sum() + lam * box.sum()) / n
-    return loss, {"kept": keep.float().mean().item(), "cls": cls.mean().item(), "box": box.sum().item() / n}
+    """L_G for matched predictions (... x C logits, ... x 4 normalised boxes) and filter stats.
 
-
-def roi_global_loss(
-    fp_logits: torch.Tensor,
-    q_logits: torch.Tensor,
-    fp_boxes: torch.Tensor,
-    q_boxes: torch.Tensor,
-    theta_c: float = THETA_C,
-    theta_i: float = THETA_I,
-    lam: float = 1.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_G for RoIs that both heads scored (R x (C + 1) softmax logits, background first; R x 4
-    normalised boxes of the FP's most likely foreground class): KL(p || p^) for the class term (the
-    cross-entropy minus its value at p^ = p), the filtered L1 box term as for dense heads."""
-    fp_log_probs = fp_logits.log_softmax(-1)
-    cls = (fp_log_probs.exp() * (fp_log_probs - q_logits.log_softmax(-1))).sum(-1)
-    keep = box_filter(fp_log_probs[:, 1:].exp(), fp_boxes, q_boxes.detach(), theta_c, theta_i)
+    Sigmoid heads (dense): the binary KL divergence per class; the confidence filter looks at the
+    first ``num_classes`` columns (default: all). ``softmax`` (a RoI head, background first): KL(p || p^)
+    of the softmax, and the confidence is the most likely foreground class's probability.
+    """
+    if softmax:
+        fp_log_probs = fp_logits.log_softmax(-1)
+        cls = (fp_log_probs.exp() * (fp_log_probs - q_logits.log_softmax(-1))).sum(-1)
+        confidence = fp_log_probs[..., 1:].exp()
+    else:
+        fp_probs = torch.sigmoid(fp_logits)
+        cls = F.binary_cross_entropy_with_logits(q_logits, fp_probs, reduction="none")
+        cls = (cls - F.binary_cross_entropy_with_logits(fp_logits, fp_probs, reduction="none")).sum(-1)
+        confidence = fp_probs[..., :num_classes]
+    keep = box_filter(confidence, fp_boxes, q_boxes.detach(), theta_c, theta_i)
     box = (fp_boxes - q_boxes).abs().sum(-1) * keep
-    n = max(len(cls), 1)
+    n = max(cls.numel(), 1)
     loss = (cls.sum() + lam * box.sum()) / n
-    return loss, {"kept": keep.float().mean().item() if len(keep) else 0.0, "cls": cls.sum().item() / n}
+    kept = keep.float().mean().item() if keep.numel() else 0.0
+    return loss, {"kept": kept, "cls": cls.sum().item() / n, "box": box.sum().item() / n}
 
 
 def _rest_of(container: nn.Module, unit_name: str, prefix: str) -> tuple[int, list[nn.Module]]:
@@ -161,12 +152,8 @@ class Teacher:
         if self.two_stage:
             r = self._roi_rows(rows)
             q_roi = decode_roi(self.model, out.roi_deltas, self.roi_proposals[r], self.roi_classes[r], d.image_size)
-            loss = (
-                loss
-                + roi_global_loss(
-                    self.roi_logits[r], out.roi_logits, self.roi_boxes[r], q_roi, self.theta_c, self.theta_i
-                )[0]
-            )
+            roi_args = (self.roi_logits[r], out.roi_logits, self.roi_boxes[r], q_roi, self.theta_c, self.theta_i)
+            loss = loss + global_loss(*roi_args, softmax=True)[0]
         return loss
 
     def head_unit_loss(
@@ -236,9 +223,8 @@ class Teacher:
         def loss(out: torch.Tensor, call: int, idx: torch.Tensor) -> torch.Tensor:
             logits, deltas = roi.box_predictor(downstream(out))
             q_boxes = decode_roi(self.model, deltas, self.roi_proposals[idx], self.roi_classes[idx], self.image_size)
-            return roi_global_loss(
-                self.roi_logits[idx], logits, self.roi_boxes[idx], q_boxes, self.theta_c, self.theta_i
-            )[0]
+            roi_args = (self.roi_logits[idx], logits, self.roi_boxes[idx], q_boxes, self.theta_c, self.theta_i)
+            return global_loss(*roi_args, softmax=True)[0]
 
         return loss
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from regptq_lite.detectors import count_parameters, load_checkpoint
-from regptq_lite.fgic import THETA_C, THETA_I, Teacher, roi_global_loss
+from regptq_lite.fgic import THETA_C, THETA_I, Teacher, global_loss
 from regptq_lite.head_outputs import two_stage_forward
 from regptq_lite.methods import METHODS, run_method
 from regptq_lite.qmodel import quant_layers, quantize_detector
@@ -49,16 +49,16 @@ def test_given_proposals_are_scored(frcnn, images):
     assert len(out.roi_logits) == 2 and out.proposals[0] is proposals[0]
 
 
-def test_roi_global_loss_is_zero_for_equal_heads_and_filters_boxes():
+def test_softmax_global_loss_is_zero_for_equal_heads_and_filters_boxes():
     logits = torch.randn(5, 4)
     boxes = torch.tensor([[0.1, 0.1, 0.5, 0.5]]).repeat(5, 1)
-    assert roi_global_loss(logits, logits, boxes, boxes)[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert global_loss(logits, logits, boxes, boxes, softmax=True)[0].item() == pytest.approx(0.0, abs=1e-6)
     far = torch.tensor([[0.6, 0.6, 0.9, 0.9]]).repeat(5, 1)  # IoU 0 with the FP boxes: filtered out
-    assert roi_global_loss(logits, logits, boxes, far)[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert global_loss(logits, logits, boxes, far, softmax=True)[0].item() == pytest.approx(0.0, abs=1e-6)
     near = boxes + 0.01
-    loss, stats = roi_global_loss(logits, logits, boxes, near)
+    loss, stats = global_loss(logits, logits, boxes, near, softmax=True)
     assert loss.item() == pytest.approx(0.04, rel=1e-4) and stats["kept"] == 1.0
-    assert roi_global_loss(logits[:0], logits[:0], boxes[:0], boxes[:0])[0].item() == 0.0
+    assert global_loss(logits[:0], logits[:0], boxes[:0], boxes[:0], softmax=True)[0].item() == 0.0
 
 
 def test_teacher_sees_rpn_and_roi_changes(frcnn, images):
