@@ -325,9 +325,11 @@ def frames(result: dict) -> dict[str, pd.DataFrame]:
 
 
 def gap_to_best_baseline(methods: pd.DataFrame) -> pd.DataFrame:
-    """Per setting: Reg-PTQ's AP, the best other method's AP and the difference (empty until both ran)."""
+    """Per setting where Reg-PTQ ran: its AP, the best other method's AP and the difference (empty
+    until both ran)."""
     if "regptq" not in methods.index or len(methods.index) < 2:
         return pd.DataFrame(columns=["Reg-PTQ", "best baseline", "which", "gap"])
+    methods = methods.loc[:, methods.loc["regptq"].notna()]
     others = methods.drop(index="regptq")
     return pd.DataFrame(
         {

@@ -96,3 +96,15 @@ def test_a_second_model_gets_the_methods_table_in_its_own_file():
     text = markdown(result)
     assert "Methods x bits, tiny_fasterrcnn" in text and "Runs: 1 of the 21 planned" in text
     assert "Filter thresholds" not in text and "Ablation" not in text
+
+
+def test_gap_to_best_baseline_compares_where_regptq_ran():
+    import pandas as pd
+
+    from regptq_lite.bench import gap_to_best_baseline
+
+    methods = pd.DataFrame({"W2A4": [10.0, 30.0, 28.0], "W8A8": [50.0, None, None]}, index=["naive", "brecq", "regptq"])
+    gap = gap_to_best_baseline(methods)
+    assert list(gap.index) == ["W2A4"]
+    assert gap.loc["W2A4", "which"] == "brecq" and gap.loc["W2A4", "gap"] == -2.0
+    assert gap_to_best_baseline(methods.drop(index="regptq")).empty
