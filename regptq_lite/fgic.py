@@ -23,7 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .detectors import is_two_stage
-from .head_outputs import decode, decode_roi, dense_forward, flatten_levels, two_stage_forward
+from .head_outputs import (
+    DenseOutput,
+    TwoStageOutput,
+    decode,
+    decode_roi,
+    dense_forward,
+    flatten_levels,
+    two_stage_forward,
+)
 
 THETA_C = 2e-4
 THETA_I = 0.1
@@ -105,7 +113,7 @@ class Teacher:
         logits, boxes, roi_logits, roi_boxes, roi_classes = [], [], [], [], []
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                out = self._forward(fp_model, images[start : start + batch_size], None)
+                out = self.forward(fp_model, images[start : start + batch_size], None)
                 d = out.rpn if self.two_stage else out
                 logits.append(d.cls_logits)
                 boxes.append(decode(fp_model, d.bbox_regression, d.anchors, d.image_size))
@@ -126,15 +134,12 @@ class Teacher:
             counts = torch.tensor([0] + [len(p) for p in self.proposals])
             self.roi_offsets = counts.cumsum(0).tolist()
 
-    def _forward(self, model: nn.Module, images: list[torch.Tensor], rows: slice | None):
+    def forward(self, model: nn.Module, images: list[torch.Tensor], rows: slice | None) -> DenseOutput | TwoStageOutput:
+        """Run ``model`` on calibration images ``rows`` up to its head outputs; a two-stage model's RoI
+        head scores the FP proposals of those images (its own if ``rows`` is None)."""
         if not self.two_stage:
             return dense_forward(model, images)
         return two_stage_forward(model, images, None if rows is None else self.proposals[rows])
-
-    def forward(self, model: nn.Module, images: list[torch.Tensor], rows: slice) -> object:
-        """Run ``model`` on calibration images ``rows`` up to its head outputs (two-stage: on the
-        FP proposals), as calibration captures a unit's inputs and targets."""
-        return self._forward(model, images, rows)
 
     def _roi_rows(self, rows: slice) -> slice:
         last = len(self.proposals)
@@ -142,7 +147,7 @@ class Teacher:
 
     def loss(self, qmodel: nn.Module, images: list[torch.Tensor], rows: slice) -> torch.Tensor:
         """L_G of the whole quantized detector on ``images`` (calibration rows ``rows``)."""
-        out = self._forward(qmodel, images, rows)
+        out = self.forward(qmodel, images, rows)
         d = out.rpn if self.two_stage else out
         q_boxes = decode(self.model, d.bbox_regression, d.anchors, d.image_size)
         fp_logits, fp_boxes = self.logits[rows], self.boxes[rows]

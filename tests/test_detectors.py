@@ -44,8 +44,9 @@ def test_training_step_gives_finite_losses():
     assert all(torch.isfinite(v) for v in losses.values())
 
 
-def test_training_is_deterministic(tmp_path):
-    cards = [train(iters=2, batch_size=2, out=tmp_path / f"m{i}.pt", val_size=4) for i in range(2)]
+@pytest.mark.parametrize("name", ["tiny_retinanet", "tiny_fasterrcnn"])
+def test_training_is_deterministic(tmp_path, name):
+    cards = [train(name, iters=2, batch_size=2, out=tmp_path / f"m{i}.pt", val_size=4) for i in range(2)]
     a = torch.load(tmp_path / "m0.pt", weights_only=True)
     b = torch.load(tmp_path / "m1.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -54,9 +55,10 @@ def test_training_is_deterministic(tmp_path):
     assert {"command", "seed", "iters", "train_seconds", "parameters", "val"} <= set(card)
 
 
-def test_shipped_checkpoint_reproduces_its_card(fp_model):
-    card = json.loads(card_path(CHECKPOINTS["tiny_retinanet"]).read_text())
-    metrics = evaluate(fp_model, SceneSet("val"))
+@pytest.mark.parametrize("name", ["tiny_retinanet", "tiny_fasterrcnn"])
+def test_shipped_checkpoint_reproduces_its_card(name):
+    card = json.loads(card_path(CHECKPOINTS[name]).read_text())
+    metrics = evaluate(load_checkpoint(name)[0], SceneSet("val"))
     for key in ("AP", "AP50", "AP75"):
         assert metrics[key] == pytest.approx(card["val"][key], abs=0.2)
     assert metrics["images"] == card["val"]["images"] >= 500
