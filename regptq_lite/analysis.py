@@ -109,6 +109,13 @@ def branch_layers(qmodel: nn.Module, branch: str) -> set[str]:
     return {name for name, _ in quant_layers(qmodel) if name.startswith(prefix)}
 
 
+def evaluate_quantized(qmodel: nn.Module, names: set[str] | None, scenes: SceneSet) -> dict[str, float]:
+    """COCO metrics with quantization on in the named layers only (None: all of them)."""
+    set_quant(qmodel, weights=False, activations=False)
+    set_quant(qmodel, weights=True, activations=True, names=names)
+    return evaluate(qmodel, scenes)
+
+
 def branch_quantization(
     model: nn.Module, wbits: int, abits: int, calib_images: int = 64, val_images: int = 200
 ) -> dict[str, dict[str, float]]:
@@ -120,17 +127,8 @@ def branch_quantization(
     qmodel = quantize_detector(model, wbits, abits, regime="full")
     init_quantizers(qmodel, SceneSet("calib", size=calib_images).images())
     scenes = SceneSet("val", size=val_images)
-    out = {}
-    for case, names in (
-        ("none", set()),
-        ("class", branch_layers(qmodel, "class")),
-        ("box", branch_layers(qmodel, "box")),
-        ("all", None),
-    ):
-        set_quant(qmodel, weights=False, activations=False)
-        set_quant(qmodel, weights=True, activations=True, names=names)
-        out[case] = evaluate(qmodel, scenes)
-    return out
+    cases = {"none": set(), "class": branch_layers(qmodel, "class"), "box": branch_layers(qmodel, "box"), "all": None}
+    return {case: evaluate_quantized(qmodel, names, scenes) for case, names in cases.items()}
 
 
 def detector_parts(qmodel: nn.Module) -> dict[str, set[str]]:
@@ -154,11 +152,9 @@ def part_quantization(qmodel: nn.Module, scenes: SceneSet) -> list[dict]:
     cases += [(part, "only", names) for part, names in parts.items()]
     cases += [(part, "all but", everything - names) for part, names in parts.items()]
     cases.append(("all", "-", None))
-    rows = []
-    for part, mode, names in cases:
-        set_quant(qmodel, weights=False, activations=False)
-        set_quant(qmodel, weights=True, activations=True, names=names)
-        rows.append({"part": part, "quantized": mode, **evaluate(qmodel, scenes)})
+    rows = [
+        {"part": part, "quantized": mode, **evaluate_quantized(qmodel, names, scenes)} for part, mode, names in cases
+    ]
     set_quant(qmodel, weights=True, activations=True)
     return rows
 

@@ -35,6 +35,7 @@ from .head_outputs import (
 
 THETA_C = 2e-4
 THETA_I = 0.1
+UnitLoss = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]  # (unit output, call, rows) -> L_G
 
 
 def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -141,6 +142,10 @@ class Teacher:
             return dense_forward(model, images)
         return two_stage_forward(model, images, None if rows is None else self.proposals[rows])
 
+    def _level_rows(self, call: int) -> slice:
+        """The predictions of pyramid level ``call`` (a shared head's call) among each image's."""
+        return slice(self.offsets[call], self.offsets[call] + self.level_sizes[call])
+
     def _roi_rows(self, rows: slice) -> slice:
         last = len(self.proposals)
         return slice(self.roi_offsets[min(rows.start, last)], self.roi_offsets[min(rows.stop, last)])
@@ -161,9 +166,7 @@ class Teacher:
             loss = loss + global_loss(*roi_args, softmax=True)[0]
         return loss
 
-    def head_unit_loss(
-        self, qmodel: nn.Module, unit_name: str
-    ) -> Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None:
+    def head_unit_loss(self, qmodel: nn.Module, unit_name: str) -> UnitLoss | None:
         """L_G as a function of a head unit's output (for one call, i.e. pyramid level, and rows idx).
 
         The rest of the head runs on the unit's output. RetinaNet: a class-tower unit changes only
@@ -187,7 +190,7 @@ class Teacher:
         per_position = self.model.anchor_generator.num_anchors_per_location()[0]
 
         def loss(out: torch.Tensor, call: int, idx: torch.Tensor) -> torch.Tensor:
-            rows = slice(self.offsets[call], self.offsets[call] + self.level_sizes[call])
+            rows = self._level_rows(call)
             y = downstream(out)
             y = flatten_levels([y], y.shape[1] // per_position)
             fp_logits, fp_boxes = self.logits[idx, rows], self.boxes[idx, rows]
@@ -198,7 +201,7 @@ class Teacher:
 
         return loss
 
-    def _rpn_unit_loss(self, qmodel: nn.Module, unit_name: str):
+    def _rpn_unit_loss(self, qmodel: nn.Module, unit_name: str) -> UnitLoss | None:
         prefix = "rpn.head.conv."
         if not unit_name.startswith(prefix):
             return None
@@ -208,7 +211,7 @@ class Teacher:
 
         def loss(out: torch.Tensor, call: int, idx: torch.Tensor) -> torch.Tensor:
             y = trunk(out)
-            rows = slice(self.offsets[call], self.offsets[call] + self.level_sizes[call])
+            rows = self._level_rows(call)
             objectness, deltas = flatten_levels([head.cls_logits(y)], 1), flatten_levels([head.bbox_pred(y)], 4)
             q_boxes = decode(self.model, deltas, self.anchors[rows], self.image_size)
             return global_loss(
@@ -217,7 +220,7 @@ class Teacher:
 
         return loss
 
-    def _roi_unit_loss(self, qmodel: nn.Module, unit_name: str):
+    def _roi_unit_loss(self, qmodel: nn.Module, unit_name: str) -> UnitLoss | None:
         roi = qmodel.roi_heads
         layers = ("fc6", "fc7")
         if not hasattr(roi.box_head, "fc7") or unit_name not in {f"roi_heads.box_head.{n}" for n in layers}:

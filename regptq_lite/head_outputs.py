@@ -90,14 +90,18 @@ def two_stage_forward(
     return TwoStageOutput(rpn, logits, box_deltas, list(proposals))
 
 
+def _normalised(boxes: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Boxes in pixels -> boxes divided by the image size (x by its width, y by its height)."""
+    h, w = image_size
+    return boxes / boxes.new_tensor([w, h, w, h])
+
+
 def decode(model: nn.Module, deltas: torch.Tensor, anchors: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
     """A dense head's box deltas (N x A x 4) -> boxes (N x A x 4) divided by the image size."""
     n, a, _ = deltas.shape
     coder = model.rpn.box_coder if hasattr(model, "rpn") else model.box_coder
     decode_rows = coder.decode_single if hasattr(coder, "decode_single") else coder.decode  # FCOS: linear coder
-    boxes = decode_rows(deltas.reshape(-1, 4), anchors.repeat(n, 1)).reshape(n, a, 4)
-    h, w = image_size
-    return boxes / boxes.new_tensor([w, h, w, h])
+    return _normalised(decode_rows(deltas.reshape(-1, 4), anchors.repeat(n, 1)).reshape(n, a, 4), image_size)
 
 
 def decode_roi(
@@ -107,6 +111,4 @@ def decode_roi(
     divided by the image size."""
     rows = torch.arange(len(deltas), device=deltas.device)
     picked = deltas.view(len(deltas), -1, 4)[rows, classes]
-    boxes = model.roi_heads.box_coder.decode_single(picked, proposals)
-    h, w = image_size
-    return boxes / boxes.new_tensor([w, h, w, h])
+    return _normalised(model.roi_heads.box_coder.decode_single(picked, proposals), image_size)
