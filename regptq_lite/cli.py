@@ -161,9 +161,9 @@ def _cmd_toy(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from .report import build_report
+    from .report import REPORTS_DIR, build_report
 
-    print(f"wrote {build_report(args.out, fast=args.fast)}")
+    print(f"wrote {build_report(args.out or REPORTS_DIR, fast=args.fast)}")
 
 
 def _cmd_student(args: argparse.Namespace) -> None:
@@ -196,7 +196,6 @@ def make_parser() -> argparse.ArgumentParser:
     from .detectors import CHECKPOINTS
     from .methods import METHODS
     from .qmodel import REGIMES
-    from .report import REPORTS_DIR
 
     parser = _Parser(prog="python -m regptq_lite", description="Reg-PTQ workbook commands.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -266,7 +265,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="execute the notebooks and write the HTML report to reports/")
     p.add_argument("--fast", action="store_true", help="FAST notebook settings (a quick run)")
-    p.add_argument("--out", type=Path, default=REPORTS_DIR)
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/)")
     p.set_defaults(run=_cmd_report)
 
     p = sub.add_parser("student", help="write student copies of the notebooks (solutions removed)")

@@ -1,5 +1,8 @@
 """Run, render and hand out the notebooks: papermill execution with the ``FAST``/``SEED``/``INTERACTIVE``
 parameters, nbconvert HTML with figures as embedded PNG, and student copies without solutions.
+
+nbformat, nbconvert and papermill are imported where they are used: together they take seconds to
+import, and the command line imports this module for ``NotebookError`` on every command.
 """
 
 from __future__ import annotations
@@ -8,11 +11,12 @@ import os
 import re
 import warnings
 from pathlib import Path
-
-import nbformat
-from nbconvert import HTMLExporter
+from typing import TYPE_CHECKING
 
 from .atomic import write_atomic
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 SOLUTION = re.compile(r"^([ \t]*)### BEGIN SOLUTION\n.*?^[ \t]*### END SOLUTION[ \t]*$", re.S | re.M)
@@ -33,6 +37,8 @@ def notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
 
 def summary(path: Path) -> str:
     """The notebook's one-line summary (``metadata.regptq.summary``)."""
+    import nbformat
+
     return nbformat.read(path, as_version=4).metadata.get("regptq", {}).get("summary", "")
 
 
@@ -75,6 +81,9 @@ def execute(path: Path, out: Path, fast: bool, seed: int = 0, interactive: bool 
 
 def render(executed: Path, out: Path) -> Path:
     """HTML of an executed notebook (no re-execution); figures stay embedded PNG images."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
     return write_atomic(out, lambda tmp: tmp.write_text(body, encoding="utf-8"))
 
@@ -84,7 +93,7 @@ def strip_solutions(source: str) -> str:
     return SOLUTION.sub(lambda m: f"{m[1]}# YOUR CODE HERE\n{m[1]}raise NotImplementedError()", source)
 
 
-def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+def clean(nb: NotebookNode) -> NotebookNode:
     """No outputs, execution counts or widget state; kernel ``python3``."""
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -98,6 +107,8 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 def student_copy(path: Path, out: Path) -> Path:
     """Write the student version of ``path`` to ``out``: solutions replaced, outputs cleared."""
+    import nbformat
+
     nb = clean(nbformat.read(path, as_version=4))
     for cell in nb.cells:
         if cell.cell_type == "code":

@@ -22,13 +22,13 @@ def assert_clean_error(result, needle):
 
 
 def test_eval_json_prints_one_object_with_metrics():
-    result = run("eval", "--json")
+    result = run("eval", "--json", "--max-images", "40")  # the full 500 scenes: test_shipped_checkpoint_reproduces
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1
     metrics = json.loads(lines[0])
     assert {"AP", "AP50", "AP75", "images"} <= set(metrics)
-    assert 0 <= metrics["AP"] <= 100 and metrics["images"] >= 500
+    assert 0 <= metrics["AP"] <= 100 and metrics["images"] == 40
 
 
 @pytest.mark.parametrize(
@@ -82,7 +82,9 @@ def test_calibrate_bad_input_exits_2_with_one_line(args, needle):
 
 def test_calibrate_naive_json_and_integer_export(tmp_path):
     saved = tmp_path / "w8a8.pt"
-    result = run(*CALIB, "--wbits", "8", "--abits", "8", "--calib-images", "8", "--json", "--save", str(saved))
+    result = run(
+        *CALIB, "--wbits", "8", "--abits", "8", "--calib-images", "8", "--val-images", "40", "--json", "--save", saved
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     for key in (
@@ -101,5 +103,6 @@ def test_calibrate_naive_json_and_integer_export(tmp_path):
     ):
         assert key in out, key
     assert (out["method"], out["wbits"], out["abits"], out["calib_images"], out["regime"]) == ("naive", 8, 8, 8, "full")
+    assert out["val_images"] == 40
     assert 0 <= out["AP"] <= 100
     assert saved.is_file() and not list(tmp_path.glob("*.tmp"))

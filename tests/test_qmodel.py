@@ -159,6 +159,10 @@ def test_torchvision_detectors_quantize_fully(name):
     floats = {n for n, layer in layers if layer.wq is None}
     assert floats and floats <= PREDICTION_LAYERS
     assert not any(isinstance(m, torchvision.ops.misc.FrozenBatchNorm2d) for m in qmodel.modules())
+    for _, layer in layers:  # min-max: the MSE search over 25-40 M weights is tested elsewhere and costs ~20 s here
+        for quantizer in (layer.wq, layer.aq):
+            if quantizer is not None:
+                quantizer.observer = "minmax"
     images = [torch.rand(3, 64, 64)]
     init_quantizers(qmodel, images)
     set_quant(qmodel, weights=True, activations=True)
