@@ -1,4 +1,6 @@
-"""The command line: real subprocesses, as a user would run them."""
+"""The command line. The entry point runs in real subprocesses, as a user would run it (eval, calibrate, a bad
+command, a missing and a corrupt checkpoint); the many other bad inputs go through ``main`` in-process, the same
+code path without ~6 s of imports each."""
 
 import json
 import subprocess
@@ -6,11 +8,16 @@ import sys
 
 import pytest
 
+from regptq_lite.cli import main
 
-def run(*args, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "regptq_lite", *args], capture_output=True, text=True, timeout=600, cwd=cwd
-    )
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "regptq_lite", *args], capture_output=True, text=True, timeout=600)
+
+
+def run_in_process(capsys, *args):
+    code = main([str(a) for a in args])
+    return subprocess.CompletedProcess(args, code, *capsys.readouterr())
 
 
 def assert_clean_error(result, needle):
@@ -35,16 +42,25 @@ def test_eval_json_prints_one_object_with_metrics():
     "args, needle",
     [
         (("eval", "--checkpoint", "missing.pt"), "checkpoint not found"),
+        (("frobnicate",), "invalid choice"),
+    ],
+)
+def test_the_entry_point_reports_bad_input_in_one_line(args, needle):
+    assert_clean_error(run(*args), needle)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
         (("eval", "--model", "yolo"), "invalid choice"),
         (("eval", "--bogus"), "unrecognized arguments"),
-        (("frobnicate",), "invalid choice"),
         (("train", "--iters", "0"), "positive integer"),
         (("train", "--iters", "1.5"), "positive integer"),
         ((), "required"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(args, needle):
-    assert_clean_error(run(*args), needle)
+def test_bad_input_exits_2_with_one_line(capsys, args, needle):
+    assert_clean_error(run_in_process(capsys, *args), needle)
 
 
 def test_corrupt_checkpoint_exits_2(tmp_path):
@@ -76,8 +92,8 @@ CALIB = ("calibrate", "--method", "naive")
         ((*CALIB, "--wbits", "4"), "required"),
     ],
 )
-def test_calibrate_bad_input_exits_2_with_one_line(args, needle):
-    assert_clean_error(run(*args), needle)
+def test_calibrate_bad_input_exits_2_with_one_line(capsys, args, needle):
+    assert_clean_error(run_in_process(capsys, *args), needle)
 
 
 def test_calibrate_naive_json_and_integer_export(tmp_path):
