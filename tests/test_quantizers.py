@@ -9,6 +9,7 @@ from regptq_lite.quantizers import (
     LogAffineQuantizer,
     UniformQuantizer,
     check_bits,
+    round_ste,
     shift_gap,
 )
 
@@ -164,3 +165,14 @@ def test_shift_friendly_form_has_power_of_two_k():
         assert torch.allclose(torch.log2(k), torch.round(torch.log2(k)))
     gap = shift_gap(weight(7), 4)
     assert gap["mse_shift"] >= gap["mse_llaq"] * 0.999
+
+
+def test_round_ste_rounds_and_passes_the_gradient_straight_through():
+    x = torch.cat([torch.randn(10_000) * 10 ** torch.randint(-6, 7, (10_000,)), torch.tensor([0.5, -0.5, 1.5, 2.5])])
+    x.requires_grad_(True)
+    y = round_ste(x * 3)
+    assert torch.equal(y.detach(), torch.round(x.detach() * 3))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 3.0))
+    with torch.no_grad():
+        assert torch.equal(round_ste(x * 3), y.detach())  # the no-gradient shortcut gives the same values
