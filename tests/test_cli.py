@@ -29,7 +29,7 @@ def assert_clean_error(result, needle):
 
 
 def test_eval_json_prints_one_object_with_metrics():
-    result = run("eval", "--json", "--max-images", "40")  # the full 500 scenes: test_shipped_checkpoint_reproduces
+    result = run("eval", "--json", "--max-images", "40")  # all 500: test_shipped_checkpoint_reproduces_its_card
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1

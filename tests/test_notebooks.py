@@ -16,7 +16,7 @@ from nbclient import NotebookClient
 
 from regptq_lite import checks
 from regptq_lite.cli import main
-from regptq_lite.notebooks_io import NOTEBOOKS_DIR, SOLUTION, NotebookError, notebooks, strip_solutions
+from regptq_lite.notebooks_io import KERNEL, NOTEBOOKS_DIR, SOLUTION, NotebookError, notebooks, strip_solutions
 from regptq_lite.report import render_notebooks
 
 CHECK_CALL = re.compile(r"^checks\.(\w+)\((\w+)\);?$")
@@ -172,7 +172,7 @@ def test_a_failing_notebook_is_named_with_its_cell(tmp_path):
     folder.mkdir()
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("FAST = False"), nbformat.v4.new_code_cell("1 / 0")])
     nb.cells[0].metadata["tags"] = ["parameters"]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = dict(KERNEL)
     nbformat.write(nb, folder / "01_broken.ipynb")
     (tmp_path / "out").mkdir()
     with pytest.raises(NotebookError, match=r"01_broken.ipynb failed in cell \d+: ZeroDivisionError"):
