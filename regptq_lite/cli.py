@@ -41,6 +41,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
         iters=args.iters,
         batch_size=args.batch_size,
         seed=args.seed,
+        matcher=args.matcher,
+        box_loss=args.box_loss,
+        head_init=args.head_init,
         threads=args.threads,
         out=args.out,
         command=command_line(),
@@ -205,6 +208,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=_positive_int, default=2800)
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--matcher", default="iou", choices=("iou", "atss"), help="anchor matching (tiny_retinanet)")
+    p.add_argument("--box-loss", default="l1", choices=("l1", "giou"), help="box loss (tiny_retinanet)")
+    p.add_argument("--head-init", default="normal", choices=("normal", "kaiming"), help="head tower init")
     p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (fixed for reproducibility)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint path (default: the shipped one)")
     p.set_defaults(run=_cmd_train)

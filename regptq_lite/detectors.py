@@ -29,6 +29,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .atomic import write_atomic
+from .atss import anchor_levels, atss_match
 from .scenes import CLASSES, IMAGE_SIZE, to_tensor
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -95,9 +96,28 @@ def tiny_anchor_generator() -> AnchorGenerator:
 
 
 HEAD_GROUPS = 8
+MATCHERS = ("iou", "atss")
 
 
-def tiny_retinanet() -> RetinaNet:
+class TinyRetinaNet(RetinaNet):
+    """torchvision's RetinaNet whose training matches anchors to objects by IoU thresholds
+    (``matcher = "iou"``, torchvision's own) or by ATSS (``"atss"``, see ``atss.py``).
+    Inference is the same either way."""
+
+    matcher = "iou"
+
+    def compute_loss(self, targets: list[dict[str, torch.Tensor]], head_outputs: dict[str, torch.Tensor], anchors):
+        if self.matcher == "iou":
+            return super().compute_loss(targets, head_outputs, anchors)
+        sizes = self.anchor_generator.sizes
+        matched = [
+            atss_match(target["boxes"], image_anchors, anchor_levels(image_anchors, sizes))
+            for target, image_anchors in zip(targets, anchors)
+        ]
+        return self.head.compute_loss(targets, head_outputs, anchors, matched)
+
+
+def tiny_retinanet() -> TinyRetinaNet:
     """The tiny RetinaNet: ~1.2 M parameters, inputs 128 x 128 in [0, 1].
 
     The head is torchvision's RetinaNetHead with GroupNorm after each tower conv, as in
@@ -114,7 +134,7 @@ def tiny_retinanet() -> RetinaNet:
         num_classes,
         norm_layer=partial(nn.GroupNorm, HEAD_GROUPS),
     )
-    return RetinaNet(
+    return TinyRetinaNet(
         backbone,
         num_classes=num_classes,
         head=head,

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .coco_eval import evaluate
-from .detectors import CHECKPOINTS, build_model, count_parameters, save_checkpoint
+from .detectors import CHECKPOINTS, MATCHERS, TinyRetinaNet, build_model, count_parameters, save_checkpoint
 from .progress import progress
 from .provenance import git_commit, machine
 from .scenes import SceneSet, target_of, to_tensor, train_batch
@@ -36,12 +36,42 @@ def lr_at(step: int, iters: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+BOX_LOSSES = ("l1", "giou")
+HEAD_INITS = ("normal", "kaiming")
+
+
+def set_recipe(model: torch.nn.Module, matcher: str, box_loss: str, head_init: str) -> dict[str, str]:
+    """Switch the tiny RetinaNet's anchor matching, box loss and head-tower initialisation; the
+    recipe as the card records it.
+
+    ``normal`` keeps torchvision's N(0, 0.01) head convs; ``kaiming`` re-draws the tower convs
+    (not the prediction layers) with He initialisation. Any other detector takes only the defaults.
+    """
+    if matcher not in MATCHERS or box_loss not in BOX_LOSSES or head_init not in HEAD_INITS:
+        raise ValueError(f"unknown recipe: matcher {matcher!r}, box loss {box_loss!r}, head init {head_init!r}")
+    if not isinstance(model, TinyRetinaNet):
+        if (matcher, box_loss, head_init) != (MATCHERS[0], BOX_LOSSES[0], HEAD_INITS[0]):
+            raise ValueError("--matcher, --box-loss and --head-init apply only to tiny_retinanet")
+        return {"box_loss": "smooth_l1"}
+    model.matcher = matcher
+    model.head.regression_head._loss_type = box_loss  # how torchvision's RetinaNet v2 selects GIoU
+    if head_init == "kaiming":
+        for tower in (model.head.classification_head.conv, model.head.regression_head.conv):
+            for module in tower.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return {"matcher": matcher, "box_loss": box_loss, "head_init": head_init}
+
+
 def train(
     name: str = "tiny_retinanet",
     iters: int = 2800,
     batch_size: int = 16,
     lr: float = 1.5e-3,
     seed: int = 0,
+    matcher: str = "iou",
+    box_loss: str = "l1",
+    head_init: str = "normal",
     threads: int = 2,
     device: str = "cpu",
     val_size: int | None = None,
@@ -54,6 +84,7 @@ def train(
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=device != "cpu")
     model, _ = build_model(name)
+    recipe = set_recipe(model, matcher, box_loss, head_init)
     model.to(device).train()
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
@@ -85,7 +116,7 @@ def train(
         "iters": iters,
         "batch_size": batch_size,
         "lr": lr,
-        "box_loss": model.head.regression_head._loss_type if hasattr(model, "head") else "smooth_l1",
+        **recipe,
         "threads": threads,
         "train_seconds": round(train_seconds, 1),
         "parameters": count_parameters(model),
