@@ -54,4 +54,3 @@ def atss_match(boxes: Tensor, anchors: Tensor, levels: Tensor, k: int = 9) -> Te
     positive = torch.zeros_like(iou, dtype=torch.bool).scatter_(1, candidates, (candidate_iou >= threshold) & inside)
     best_iou, best_box = torch.where(positive, iou, torch.full_like(iou, -1.0)).max(0)
     return torch.where(best_iou >= 0, best_box, matched)
-
