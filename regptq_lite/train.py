@@ -40,18 +40,23 @@ BOX_LOSSES = ("l1", "giou")
 HEAD_INITS = ("normal", "kaiming")
 
 
-def set_recipe(model: torch.nn.Module, matcher: str, box_loss: str, head_init: str) -> dict[str, str]:
-    """Switch the tiny RetinaNet's anchor matching, box loss and head-tower initialisation; the
-    recipe as the card records it.
-
-    ``normal`` keeps torchvision's N(0, 0.01) head convs; ``kaiming`` re-draws the tower convs
-    (not the prediction layers) with He initialisation. Any other detector takes only the defaults.
-    """
+def check_recipe(name: str, matcher: str, box_loss: str, head_init: str) -> None:
+    """Reject an unknown recipe, or a recipe other than the default for a detector other than
+    the tiny RetinaNet (the switches exist only there)."""
     if matcher not in MATCHERS or box_loss not in BOX_LOSSES or head_init not in HEAD_INITS:
         raise ValueError(f"unknown recipe: matcher {matcher!r}, box loss {box_loss!r}, head init {head_init!r}")
+    if name != "tiny_retinanet" and (matcher, box_loss, head_init) != (MATCHERS[0], BOX_LOSSES[0], HEAD_INITS[0]):
+        raise ValueError("--matcher, --box-loss and --head-init apply only to tiny_retinanet")
+
+
+def set_recipe(model: torch.nn.Module, matcher: str, box_loss: str, head_init: str) -> dict[str, str]:
+    """Switch the tiny RetinaNet's anchor matching, box loss and head-tower initialisation (checked
+    by ``check_recipe``); the recipe as the card records it.
+
+    ``normal`` keeps torchvision's N(0, 0.01) head convs; ``kaiming`` re-draws the tower convs
+    (not the prediction layers) with He initialisation. Any other detector keeps its own recipe.
+    """
     if not isinstance(model, TinyRetinaNet):
-        if (matcher, box_loss, head_init) != (MATCHERS[0], BOX_LOSSES[0], HEAD_INITS[0]):
-            raise ValueError("--matcher, --box-loss and --head-init apply only to tiny_retinanet")
         return {"box_loss": "smooth_l1"}
     model.matcher = matcher
     model.head.regression_head._loss_type = box_loss  # how torchvision's RetinaNet v2 selects GIoU
@@ -79,6 +84,7 @@ def train(
     command: str = "",
 ) -> dict:
     """Train ``name`` from scratch, evaluate on the validation scenes, save weights and card."""
+    check_recipe(name, matcher, box_loss, head_init)
     torch.set_flush_denormal(True)  # before the thread pool starts, so that every thread inherits it
     torch.manual_seed(seed)
     torch.set_num_threads(threads)

@@ -7,7 +7,7 @@ from torchvision.ops import box_iou
 from regptq_lite.atss import BACKGROUND, anchor_levels, atss_match
 from regptq_lite.detectors import build_model, tiny_anchor_generator
 from regptq_lite.scenes import IMAGE_SIZE, make_scene, target_of, to_tensor
-from regptq_lite.train import set_recipe
+from regptq_lite.train import check_recipe, set_recipe
 
 STRIDES = (8, 16, 32, 64)
 
@@ -82,9 +82,10 @@ def test_kaiming_head_init_redraws_only_the_towers():
 
 
 def test_the_recipe_switches_are_checked():
-    model, _ = build_model("tiny_fasterrcnn")
     with pytest.raises(ValueError, match="only to tiny_retinanet"):
-        set_recipe(model, "atss", "l1", "normal")
-    assert set_recipe(model, "iou", "l1", "normal") == {"box_loss": "smooth_l1"}
+        check_recipe("tiny_fasterrcnn", "atss", "l1", "normal")
     with pytest.raises(ValueError, match="unknown recipe"):
-        set_recipe(build_model("tiny_retinanet")[0], "hungarian", "l1", "normal")
+        check_recipe("tiny_retinanet", "hungarian", "l1", "normal")
+    check_recipe("tiny_fasterrcnn", "iou", "l1", "normal")
+    check_recipe("tiny_retinanet", "atss", "giou", "kaiming")
+    assert set_recipe(build_model("tiny_fasterrcnn")[0], "iou", "l1", "normal") == {"box_loss": "smooth_l1"}

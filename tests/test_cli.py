@@ -56,6 +56,8 @@ def test_the_entry_point_reports_bad_input_in_one_line(args, needle):
         (("eval", "--bogus"), "unrecognized arguments"),
         (("train", "--iters", "0"), "positive integer"),
         (("train", "--iters", "1.5"), "positive integer"),
+        (("train", "--matcher", "hungarian"), "invalid choice"),
+        (("train", "--model", "tiny_fasterrcnn", "--box-loss", "giou"), "apply only to tiny_retinanet"),
         ((), "required"),
     ],
 )
