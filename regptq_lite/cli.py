@@ -196,9 +196,10 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from .detectors import CHECKPOINTS
+    from .detectors import CHECKPOINTS, MATCHERS
     from .methods import METHODS
     from .qmodel import REGIMES
+    from .train import BOX_LOSSES, HEAD_INITS
 
     parser = _Parser(prog="python -m regptq_lite", description="Reg-PTQ workbook commands.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -208,9 +209,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=_positive_int, default=2800)
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--matcher", default="iou", choices=("iou", "atss"), help="anchor matching (tiny_retinanet)")
-    p.add_argument("--box-loss", default="l1", choices=("l1", "giou"), help="box loss (tiny_retinanet)")
-    p.add_argument("--head-init", default="normal", choices=("normal", "kaiming"), help="head tower init")
+    p.add_argument("--matcher", default=MATCHERS[0], choices=MATCHERS, help="anchor matching (tiny_retinanet)")
+    p.add_argument("--box-loss", default=BOX_LOSSES[0], choices=BOX_LOSSES, help="box loss (tiny_retinanet)")
+    p.add_argument("--head-init", default=HEAD_INITS[0], choices=HEAD_INITS, help="head tower init (tiny_retinanet)")
     p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (fixed for reproducibility)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint path (default: the shipped one)")
     p.set_defaults(run=_cmd_train)
