@@ -104,16 +104,13 @@ class TinyRetinaNet(RetinaNet):
     (``matcher = "iou"``, torchvision's own) or by ATSS (``"atss"``, see ``atss.py``).
     Inference is the same either way."""
 
-    matcher = "iou"
+    matcher = MATCHERS[0]
 
     def compute_loss(self, targets: list[dict[str, torch.Tensor]], head_outputs: dict[str, torch.Tensor], anchors):
         if self.matcher == "iou":
             return super().compute_loss(targets, head_outputs, anchors)
-        sizes = self.anchor_generator.sizes
-        matched = [
-            atss_match(target["boxes"], image_anchors, anchor_levels(image_anchors, sizes))
-            for target, image_anchors in zip(targets, anchors)
-        ]
+        levels = anchor_levels(anchors[0], self.anchor_generator.sizes)  # every image has the batch's anchors
+        matched = [atss_match(target["boxes"], boxes, levels) for target, boxes in zip(targets, anchors)]
         return self.head.compute_loss(targets, head_outputs, anchors, matched)
 
 
