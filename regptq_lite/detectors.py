@@ -110,7 +110,9 @@ class TinyRetinaNet(RetinaNet):
         if self.matcher == "iou":
             return super().compute_loss(targets, head_outputs, anchors)
         levels = anchor_levels(anchors[0], self.anchor_generator.sizes)  # every image has the batch's anchors
-        matched = [atss_match(target["boxes"], boxes, levels) for target, boxes in zip(targets, anchors)]
+        matched = [
+            atss_match(target["boxes"], image_anchors, levels) for target, image_anchors in zip(targets, anchors)
+        ]
         return self.head.compute_loss(targets, head_outputs, anchors, matched)
 
 
