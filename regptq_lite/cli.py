@@ -206,7 +206,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a tiny detector from scratch on the scenes (deterministic)")
     p.add_argument("--model", default="tiny_retinanet", choices=sorted(CHECKPOINTS))
-    p.add_argument("--iters", type=_positive_int, default=2800)
+    p.add_argument("--iters", type=_positive_int, default=None, help="steps (default: the shipped schedule)")
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--matcher", default=MATCHERS[0], choices=MATCHERS, help="anchor matching (tiny_retinanet)")

@@ -37,6 +37,7 @@ def lr_at(step: int, iters: int, peak: float, warmup: int) -> float:
 
 
 BOX_LOSSES = ("l1", "giou")
+SCHEDULES = {"tiny_retinanet": 11200, "tiny_fasterrcnn": 2800}  # iterations of the shipped checkpoints
 HEAD_INITS = ("normal", "kaiming")
 
 
@@ -70,7 +71,7 @@ def set_recipe(model: torch.nn.Module, matcher: str, box_loss: str, head_init: s
 
 def train(
     name: str = "tiny_retinanet",
-    iters: int = 2800,
+    iters: int | None = None,
     batch_size: int = 16,
     lr: float = 1.5e-3,
     seed: int = 0,
@@ -83,8 +84,10 @@ def train(
     out: Path | None = None,
     command: str = "",
 ) -> dict:
-    """Train ``name`` from scratch, evaluate on the validation scenes, save weights and card."""
+    """Train ``name`` from scratch for ``iters`` steps (default: its shipped schedule), evaluate on the
+    validation scenes, save weights and card."""
     check_recipe(name, matcher, box_loss, head_init)
+    iters = iters or SCHEDULES[name]
     torch.set_flush_denormal(True)  # before the thread pool starts, so that every thread inherits it
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
