@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from .coco_eval import evaluate
+from .llaq import LogAffineQuantizer, llaq_of
 from .observe import init_quantizers, layer_inputs
 from .qmodel import quant_layers, quantize_detector, set_quant
-from .quantizers import LogAffineQuantizer
 from .scenes import SceneSet
 from .toy import excess_kurtosis, fit_laws, mse_clip, noise
 
@@ -160,21 +160,25 @@ def part_quantization(qmodel: nn.Module, scenes: SceneSet) -> list[dict]:
 
 
 def llaq_drift(qmodel: nn.Module) -> list[dict]:
-    """Per LLAQ layer of a calibrated model: channel means of m, k and a at MSE init and after calibration."""
+    """Per LLAQ layer and side of a calibrated model: channel means of k and a at MSE init and after
+    calibration, and the mean shift of m in channel spreads (weight standard deviations)."""
     rows = []
     for name, layer in quant_layers(qmodel):
-        if not isinstance(layer.wq, LogAffineQuantizer):
+        learned = llaq_of(layer.wq)
+        if learned is None:
             continue
-        fresh = LogAffineQuantizer(layer.wq.bits, channel_axis=0)
-        fresh.init(layer.layer.weight.detach())
+        weight = layer.layer.weight.detach()
+        fresh = LogAffineQuantizer(learned.bits, channel_axis=0)
+        fresh.init(weight)
+        spread = weight.flatten(1).std(1).reshape(fresh.m.shape)
         for side in ("pos", "neg"):
             rows.append(
                 {
                     "layer": name,
                     "side": side,
                     **{f"{p}_init": getattr(fresh, f"{p}_{side}").mean().item() for p in ("k", "a")},
-                    **{f"{p}_learned": getattr(layer.wq, f"{p}_{side}").mean().item() for p in ("k", "a")},
-                    "m_shift": (layer.wq.m - fresh.m).abs().mean().item(),
+                    **{f"{p}_learned": getattr(learned, f"{p}_{side}").mean().item() for p in ("k", "a")},
+                    "m_shift": ((learned.m - fresh.m).abs() / spread).mean().item(),
                 }
             )
     return rows

@@ -1,15 +1,19 @@
-"""``python -m regptq_lite bench``: the benchmark figures, written with their provenance.
+"""``python -m regptq_lite bench``: the benchmark runs, written with their provenance.
 
-- every method x {W2A4, W3A3, W4A4, W4A8} on the tiny RetinaNet, fully quantized, plus naive W8A8
-  (``--model tiny_fasterrcnn``: the same table for the tiny Faster R-CNN, in its own file);
-- the paper's Table 2 analogue: Reg-PTQ at W2A4 over theta_C x theta_I;
-- the Table 3 analogue: Reg-PTQ with a uniform vs an LLAQ head at W2A4, W3A3, W4A4;
-- an ablation of Reg-PTQ at W2A4 and W3A3: without the global loss, without the filter, LLAQ lr x10;
-- weight-quantization MSE of LLAQ vs an MSE-searched uniform quantizer on Laplace / uniform weights;
-- the cost table (bit-weighted FLOPs, storage) of the tiny RetinaNet and torchvision's R50-FPN detectors.
+For the tiny RetinaNet (``--model tiny_fasterrcnn``: the methods table only, in its own file):
 
-Each finished run is written at once, so an interrupted bench resumes where it stopped
-(runs with the same settings at the same commit are reused).
+- ``budget``: AP against iterations per unit (125 to 2000, each a doubling) for BRECQ, QDrop and
+  Reg-PTQ at W2A4 and W4A4; it runs first, and fixes the bench budget (``converged_budget``);
+- ``methods``: every method (and Reg-PTQ in its integer shift form) at W2A4, W3A3, W4A4, W4A8, plus
+  naive W8A8; three seeds for every reconstruction method (``SEEDS``);
+- ``ablation``: Reg-PTQ at W2A4 with one part changed at a time, three seeds each;
+- ``filter``: the filter thresholds around the defaults (the paper's Table 2 question), one seed;
+- the weight MSE of LLAQ vs uniform quantizers and the cost table of the tiny detector and
+  torchvision's R50-FPN detectors.
+
+Each finished run is written at once, so an interrupted bench resumes where it stopped (runs with the
+same settings at the same commit are reused, whichever table asked for them first). The tables are
+made by ``bench_tables``.
 """
 
 from __future__ import annotations
@@ -17,113 +21,125 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
 import torch
 import torchvision
 
 from .atomic import write_atomic
 from .cost import cost_table
 from .detectors import DATA_DIR, load_checkpoint
-from .fgic import THETA_C as FGIC_THETA_C
-from .fgic import THETA_I as FGIC_THETA_I
+from .fgic import THETA_C, THETA_I
+from .llaq import LogAffineQuantizer, shift_gap
 from .methods import METHODS, calibrate
 from .progress import progress
 from .provenance import command_line, git_commit, machine
-from .quantizers import LogAffineQuantizer, UniformQuantizer, shift_gap
+from .quantizers import UniformQuantizer
 from .scenes import SceneSet
 
 RESULTS_DIR = DATA_DIR / "results"
-BITS = ((2, 4), (3, 3), (4, 4), (4, 8))
-THETA_C = (0.0, 5e-5, 2e-4, 1e-3, 1e-2)
-THETA_I = (0.0, 0.1, 0.5)
-FULL = {"iters": 100, "calib_images": 128}
-FAST = {"iters": 5, "calib_images": 16}
-ABLATION = {
-    "local loss only": {"global_loss": False},
-    "global loss, no filter": {"theta_c": 0.0, "theta_i": 0.0},
-    "LLAQ lr x10": {"llaq_lr": 1e-2},
-}
-
-
 DEFAULT_MODEL = "tiny_retinanet"
+BITS = ((2, 4), (3, 3), (4, 4), (4, 8))
+SEEDS = (0, 1, 2)
+CALIB_IMAGES = 128
+CURVE_ITERS = (125, 250, 500, 1000, 2000)
+CURVE_METHODS = ("brecq", "qdrop", "regptq")
+CURVE_BITS = ((2, 4), (4, 4))
+CONVERGED_GAIN = 0.5  # AP: the budget is where doubling the iterations gains less than this
+FAST = {"iters": 3, "calib_images": 8, "seeds": (0,), "curve_iters": (2, 4)}  # a smoke run: one case a table
+
+# Rows of the methods table: label -> (method, head weights, reconstruction overrides)
+ROWS: dict[str, tuple[str, str | None, dict]] = {
+    **{name: (name, None, {}) for name in METHODS},
+    "regptq (shift form)": ("regptq", None, {"llaq_form": "shift"}),
+}
+# Reg-PTQ with one part changed: label -> (head weights, overrides)
+ABLATION: dict[str, tuple[str | None, dict]] = {
+    "Reg-PTQ": (None, {}),
+    "no global loss (L_H only)": (None, {"global_loss": False}),
+    "no filter (theta_C = theta_I = 0)": (None, {"theta_c": 0.0, "theta_i": 0.0}),
+    "uniform head (AdaRound)": ("uniform", {}),
+    "LLAQ rounded to nearest": (None, {"llaq_rounding": "nearest"}),
+}
+ABLATION_BITS = (2, 4)
+FAST_ROWS = ("naive", "regptq", "no global loss (L_H only)", "0.0002/0.5")
+FILTER_GRID = ((5e-5, 0.1), (2e-4, 0.1), (1e-2, 0.1), (2e-4, 0.5), (0.0, 0.0))  # (theta_C, theta_I)
 
 
-def plan(fast: bool, methods: list[str] | None = None, model: str = DEFAULT_MODEL) -> list[dict]:
-    """Every run of the bench (only those of ``methods``, if given): table, method, bits, overrides.
-    Models other than the tiny RetinaNet get the methods table only."""
-    runs = [{"table": "methods", "method": m, "wbits": w, "abits": a} for m in METHODS for w, a in BITS]
-    runs.append({"table": "methods", "method": "naive", "wbits": 8, "abits": 8})
+def _run(table: str, row: str, method: str, bits: tuple[int, int], seed: int, iters: int, **extra) -> dict:
+    return {"table": table, "row": row, "method": method, "wbits": bits[0], "abits": bits[1], "seed": seed,
+            "iters": iters, "head": extra.get("head"), "overrides": extra.get("overrides", {})}  # fmt: skip
+
+
+def curve_plan(fast: bool = False) -> list[dict]:
+    """The budget curve's runs (seed 0)."""
+    if fast:
+        return [_run("budget", "brecq", "brecq", CURVE_BITS[0], 0, n) for n in FAST["curve_iters"]]
+    return [
+        _run("budget", method, method, bits, 0, n)
+        for bits in CURVE_BITS
+        for method in CURVE_METHODS
+        for n in CURVE_ITERS
+    ]
+
+
+def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model: str = DEFAULT_MODEL) -> list[dict]:
+    """Every run after the budget curve, at ``iters`` per unit (only rows whose method is in
+    ``methods``, if given). Models other than the tiny RetinaNet get the methods table only.
+    ``fast``: one seed, and only the first run of each table and row at W2A4."""
+    seeds = FAST["seeds"] if fast else SEEDS
+    runs = []
+    for label, (method, head, overrides) in ROWS.items():
+        reconstructs = METHODS[method].reconstruct
+        for bits in BITS:
+            for seed in seeds if reconstructs else seeds[:1]:
+                runs.append(_run("methods", label, method, bits, seed, iters, head=head, overrides=overrides))
+    runs.append(_run("methods", "naive", "naive", (8, 8), 0, iters))
     if model == DEFAULT_MODEL:
-        runs += _component_runs()
+        for label, (head, overrides) in ABLATION.items():
+            for seed in seeds:
+                runs.append(
+                    _run("ablation", label, "regptq", ABLATION_BITS, seed, iters, head=head, overrides=overrides)
+                )
+        for theta_c, theta_i in FILTER_GRID:
+            overrides = {"theta_c": theta_c, "theta_i": theta_i}
+            runs.append(
+                _run("filter", f"{theta_c:g}/{theta_i:g}", "regptq", ABLATION_BITS, 0, iters, overrides=overrides)
+            )
+    if fast:
+        runs = [r for r in runs if (r["wbits"], r["abits"]) == ABLATION_BITS and r["row"] in FAST_ROWS]
     if methods is not None:
         runs = [r for r in runs if r["method"] in methods]
-    return runs[:6] if fast else runs
-
-
-def _component_runs() -> list[dict]:
-    """Reg-PTQ's parts, one at a time: the head quantizer, the ablation and the filter grid."""
-    runs = []
-    for w, a in BITS[:3]:
-        for kind in ("uniform", "llaq"):
-            runs.append({"table": "head_quantizer", "method": "regptq", "wbits": w, "abits": a, "head": kind})
-    for w, a in BITS[:2]:
-        for variant, overrides in ABLATION.items():
-            runs.append(
-                {
-                    "table": "ablation",
-                    "method": "regptq",
-                    "wbits": w,
-                    "abits": a,
-                    "variant": variant,
-                    "overrides": overrides,
-                }
-            )
-    hardest = BITS[0]
-    for tc in THETA_C:
-        for ti in THETA_I:
-            runs.append(
-                {
-                    "table": "filter",
-                    "method": "regptq",
-                    "wbits": hardest[0],
-                    "abits": hardest[1],
-                    "overrides": {"theta_c": tc, "theta_i": ti},
-                }
-            )
     return runs
 
 
-def ablation(runs: list[dict]) -> dict[str, dict[str, dict | None]]:
-    """Reg-PTQ with one component changed at a time: row -> W/A setting -> run (None until it ran)."""
-    rows = {
-        "BRECQ (local loss, uniform head)": lambda r: r["table"] == "methods" and r["method"] == "brecq",
-        "local loss only (LLAQ head)": lambda r: r.get("variant") == "local loss only",
-        "global loss, no filter": lambda r: r.get("variant") == "global loss, no filter",
-        "Reg-PTQ (global loss + filter, LLAQ head)": lambda r: r["table"] == "methods" and r["method"] == "regptq",
-        "Reg-PTQ with a uniform head": lambda r: r["table"] == "head_quantizer" and r["head_weights"] == "uniform",
-        "Reg-PTQ, LLAQ lr x10": lambda r: r.get("variant") == "LLAQ lr x10",
-    }
-    settings = [f"W{w}A{a}" for w, a in BITS[:2]]
-    return {
-        label: {s: next((r for r in runs if f"W{r['wbits']}A{r['abits']}" == s and test(r)), None) for s in settings}
-        for label, test in rows.items()
-    }
-
-
-def _key(spec: dict, budget: dict) -> str:
+def key(spec: dict, calib_images: int) -> str:
     """The same computation gets the same key, whichever table asks for it."""
-    overrides = spec.get("overrides", {})
+    method = spec["method"]
+    overrides = spec["overrides"]
     canonical = {
-        "method": spec["method"],
+        "method": method,
         "wbits": spec["wbits"],
         "abits": spec["abits"],
-        "head": spec.get("head") or METHODS[spec["method"]].head_weight_kind,
-        "theta_c": overrides.get("theta_c", FGIC_THETA_C),
-        "theta_i": overrides.get("theta_i", FGIC_THETA_I),
-        **{k: v for k, v in overrides.items() if k not in ("theta_c", "theta_i")},
-        **budget,
+        "head": spec["head"] or METHODS[method].head_weight_kind,
+        "seed": spec["seed"],
+        "iters": spec["iters"] if METHODS[method].reconstruct else 0,
+        "calib_images": calib_images,
+        **({"theta_c": THETA_C, "theta_i": THETA_I} if method == "regptq" else {}),
+        **overrides,
     }
     return json.dumps(canonical, sort_keys=True)
+
+
+def converged_budget(curve: list[dict], gain: float = CONVERGED_GAIN) -> int:
+    """The fewest iterations per unit at which doubling gains less than ``gain`` AP for every
+    (method, bits) of the curve, else the curve's largest budget."""
+    iters = sorted({r["iters"] for r in curve})
+    ap = {(r["method"], r["wbits"], r["abits"], r["iters"]): r["AP"] for r in curve}
+    series = {(r["method"], r["wbits"], r["abits"]) for r in curve}
+    for low, high in zip(iters, iters[1:]):
+        gains = [ap.get((*s, high), float("inf")) - ap.get((*s, low), float("-inf")) for s in series]
+        if all(g < gain for g in gains):
+            return low
+    return iters[-1]
 
 
 def _laplace(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -160,125 +176,6 @@ def torchvision_costs() -> dict[str, list[dict]]:
     return out
 
 
-def _grid(rows: list, cols: list, cell) -> list[str]:
-    """A markdown grid; ``cell(row, col)`` gives the run or None."""
-    out = ["| | " + " | ".join(str(c) for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for r in rows:
-        cells = [cell(r, c) for c in cols]
-        out.append(f"| {r} | " + " | ".join("-" if x is None else f"{x['AP']:.1f}" for x in cells) + " |")
-    return out
-
-
-def _component_sections(runs: list[dict]) -> list[str]:
-    """The filter grid, the head quantizer and the ablation tables (tiny RetinaNet only)."""
-    lines = ["", f"## Filter thresholds (Reg-PTQ, W{BITS[0][0]}A{BITS[0][1]}): rows theta_C, columns theta_I", ""]
-
-    def filter_cell(tc, ti):
-        return next(
-            (
-                r
-                for r in runs
-                if r["table"] == "filter" and r["settings"]["theta_c"] == tc and r["settings"]["theta_i"] == ti
-            ),
-            None,
-        )
-
-    lines += _grid(list(THETA_C), list(THETA_I), filter_cell)
-    lines += ["", "## Head weight quantizer (Reg-PTQ)", ""]
-
-    def head_cell(kind, setting):
-        return next(
-            (
-                r
-                for r in runs
-                if r["table"] == "head_quantizer"
-                and r["head_weights"] == kind
-                and f"W{r['wbits']}A{r['abits']}" == setting
-            ),
-            None,
-        )
-
-    lines += _grid(["uniform", "llaq"], [f"W{w}A{a}" for w, a in BITS[:3]], head_cell)
-    table = ablation(runs)
-    lines += ["", "## Ablation (Reg-PTQ with one component changed)", ""]
-    lines += _grid(list(table), [f"W{w}A{a}" for w, a in BITS[:2]], lambda row, setting: table[row][setting])
-    return lines
-
-
-def markdown(result: dict) -> str:
-    """The benchmark as markdown tables (AP on the 0-100 scale, 500 validation scenes)."""
-    runs = result["runs"]
-    fp = runs[0]["fp_AP"] if runs else float("nan")
-    budget = result.get("budget", {})
-    model = result.get("model", DEFAULT_MODEL)
-    planned = len(plan(result.get("fast", False), model=model))
-    lines = [
-        "# Benchmark results",
-        "",
-        f"Command: `{result['command']}`  ",
-        f"Commit: `{result['commit']}`  ",
-        f"Machine: {result['machine']}  ",
-        f"Budget: {budget.get('iters')} iterations per unit, {budget.get('calib_images')} calibration images "
-        "(the paper: 2k iterations per unit, batch 256).  ",
-        f"Runs: {len(runs)} of the {planned} planned"
-        + ("." if len(runs) >= planned else " (an unfinished bench: the rest is blank)."),
-        "",
-        f"## Methods x bits, {model}, full quantization (FP AP {fp:.1f})",
-        "",
-    ]
-    settings = [f"W{w}A{a}" for w, a in BITS] + ["W8A8"]
-
-    def method_cell(method, setting):
-        return next(
-            (
-                r
-                for r in runs
-                if r["table"] == "methods" and r["method"] == method and f"W{r['wbits']}A{r['abits']}" == setting
-            ),
-            None,
-        )
-
-    lines += _grid(list(METHODS), settings, method_cell)
-    if model == DEFAULT_MODEL:
-        lines += _component_sections(runs)
-    lines += [
-        "",
-        "## Every run",
-        "",
-        "| table | method | W/A | head | changed | AP | AP50 | AP75 | seconds |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in runs:
-        changed = r.get("variant") or "-"
-        if r["table"] == "filter":
-            changed = f"theta_C {r['settings']['theta_c']:g}, theta_I {r['settings']['theta_i']:g}"
-        lines.append(
-            f"| {r['table']} | {r['method']} | W{r['wbits']}A{r['abits']} | {r['head_weights']} | {changed}"
-            f" | {r['AP']:.1f} | {r['AP50']:.1f} | {r['AP75']:.1f} | {r['seconds']:.0f} |"
-        )
-    lines += ["", "## Weight MSE: LLAQ vs MSE-searched uniform", "", "| weights | bits | uniform | LLAQ | LLAQ shift |"]
-    lines.append("|---|---|---|---|---|")
-    for r in result["quantizer_mse"]:
-        lines.append(
-            f"| {r['distribution']} | {r['bits']} | {r['mse_uniform']:.4g} | {r['mse_llaq']:.4g}"
-            f" | {r['mse_llaq_shift']:.4g} |"
-        )
-    for model, rows in result["cost"].items():
-        lines += [
-            "",
-            f"## Cost: {model}",
-            "",
-            "| setting | regime | GFLOPs | bit-GFLOPs | saving | storage MB | saving |",
-        ]
-        lines.append("|---|---|---|---|---|---|---|")
-        for r in rows:
-            lines.append(
-                f"| {r['setting']} | {r['regime']} | {r['GFLOPs']:.2f} | {r['bit_GFLOPs']:.2f}"
-                f" | {r['compute_saving']:.2f}x | {r['storage_MB']:.2f} | {r['storage_saving']:.2f}x |"
-            )
-    return "\n".join(lines) + "\n"
-
-
 def result_name(model: str = DEFAULT_MODEL) -> str:
     """The results file of a model's bench: ``bench.json`` for the tiny RetinaNet, else ``bench_<model>.json``."""
     return "bench.json" if model == DEFAULT_MODEL else f"bench_{model}.json"
@@ -292,68 +189,40 @@ def load(path: Path | None = None) -> dict:
     return json.loads(path.read_text())
 
 
-def frames(result: dict) -> dict[str, pd.DataFrame]:
-    """The benchmark's tables as DataFrames of AP: ``methods`` (method x W/A), ``filter`` (theta_C x
-    theta_I), ``head_quantizer`` (kind x W/A), ``ablation`` (variant x W/A) and ``runs`` (every run, all
-    fields that are not nested)."""
-    runs = pd.DataFrame([{k: v for k, v in r.items() if not isinstance(v, dict | list)} for r in result["runs"]])
-    runs["setting"] = "W" + runs["wbits"].astype(str) + "A" + runs["abits"].astype(str)
-    settings = [r.get("settings", {}) for r in result["runs"]]
-    runs["theta_c"] = [s.get("theta_c") for s in settings]
-    runs["theta_i"] = [s.get("theta_i") for s in settings]
-    order = [f"W{w}A{a}" for w, a in BITS] + ["W8A8"]
-
-    def table(rows: pd.DataFrame, index: str, columns: str) -> pd.DataFrame:
-        grid = rows.pivot_table(index=index, columns=columns, values="AP", aggfunc="first")
-        return grid.reindex(columns=[c for c in order if c in grid.columns] if columns == "setting" else grid.columns)
-
-    return {
-        "methods": table(runs[runs.table == "methods"], "method", "setting").reindex(
-            [m for m in METHODS if m in set(runs.method)]
-        ),
-        "filter": table(runs[runs.table == "filter"], "theta_c", "theta_i"),
-        "head_quantizer": table(runs[runs.table == "head_quantizer"], "head_weights", "setting"),
-        "ablation": pd.DataFrame.from_dict(
-            {
-                row: {s: None if r is None else r["AP"] for s, r in cells.items()}
-                for row, cells in ablation(result["runs"]).items()
-            },
-            orient="index",
-        ),
-        "runs": runs,
-    }
+UNIT_FIELDS = ("unit", "seconds", "undecided", "global_scale", "first_local", "last_local", "last_global", "llaq_da")
 
 
-def gap_to_best_baseline(methods: pd.DataFrame) -> pd.DataFrame:
-    """Per setting where Reg-PTQ ran: its AP, the best other method's AP and the difference (empty
-    until both ran)."""
-    if "regptq" not in methods.index or len(methods.index) < 2:
-        return pd.DataFrame(columns=["Reg-PTQ", "best baseline", "which", "gap"])
-    methods = methods.loc[:, methods.loc["regptq"].notna()]
-    others = methods.drop(index="regptq")
-    return pd.DataFrame(
-        {
-            "Reg-PTQ": methods.loc["regptq"],
-            "best baseline": others.max(),
-            "which": others.idxmax(),
-            "gap": methods.loc["regptq"] - others.max(),
-        }
+def _calibrate(spec: dict, calib_images: int, model: str) -> dict:
+    """One run of the bench: its result without the quantized model, units reduced to their diagnostics."""
+    _, run = calibrate(
+        spec["method"],
+        spec["wbits"],
+        spec["abits"],
+        iters=spec["iters"],
+        calib_images=calib_images,
+        seed=spec["seed"],
+        model_name=model,
+        head_weight_kind=spec["head"],
+        overrides=spec["overrides"],
     )
+    run["units"] = [{k: u[k] for k in UNIT_FIELDS if k in u} for u in run.get("units", [])]
+    return run
 
 
 def run_bench(
     fast: bool = False, out_dir: Path | None = None, methods: list[str] | None = None, model: str = DEFAULT_MODEL
 ) -> dict:
-    """Run (or resume) every benchmark of ``model``; write its JSON and markdown (``result_name``) to ``out_dir``."""
+    """Run (or resume) every benchmark of ``model``; write its JSON (``result_name``) to ``out_dir``
+    after every run, and return it."""
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    budget = FAST if fast else FULL
+    calib_images = FAST["calib_images"] if fast else CALIB_IMAGES
     commit = git_commit()
     path = out_dir / result_name(model)
     done: dict[str, dict] = {}
     if path.is_file():
         previous = json.loads(path.read_text())
-        if previous.get("commit") == commit:
+        if previous.get("commit") == commit and previous.get("fast") == fast:
             done = {r["key"]: r for r in previous.get("runs", []) if "key" in r}
     result = {
         "command": command_line(),
@@ -361,30 +230,36 @@ def run_bench(
         "machine": machine(),
         "model": model,
         "fast": fast,
-        "budget": budget,
+        "calib_images": calib_images,
+        "seeds": list(FAST["seeds"] if fast else SEEDS),
         "runs": [],
         "quantizer_mse": quantizer_mse(),
-        "cost": {},
+        "cost": {model: cost_table(load_checkpoint(model)[0], SceneSet("val", size=1).images())},
     }
-    result["cost"][model] = cost_table(load_checkpoint(model)[0], SceneSet("val", size=1).images())
     if not fast and model == DEFAULT_MODEL:
         result["cost"].update(torchvision_costs())
-    for spec in progress(plan(fast, methods, model), desc=f"bench {model}", unit="run"):
-        key = _key(spec, budget)
-        if key not in done:
-            _, run = calibrate(
-                spec["method"],
-                spec["wbits"],
-                spec["abits"],
-                iters=budget["iters"],
-                calib_images=budget["calib_images"],
-                model_name=model,
-                head_weight_kind=spec.get("head"),
-                overrides=spec.get("overrides"),
-            )
-            run.pop("units", None)
-            done[key] = {**run, "key": key}
-        result["runs"].append({**done[key], "table": spec["table"], "variant": spec.get("variant")})
-        write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + "\n"))
-    write_atomic(path.with_suffix(".md"), lambda tmp: tmp.write_text(markdown(result)))
+
+    def execute(specs: list[dict], desc: str) -> list[dict]:
+        runs = []
+        for spec in progress(specs, desc=desc, unit="run"):
+            k = key(spec, calib_images)
+            if k not in done:
+                done[k] = {**_calibrate(spec, calib_images, model), "key": k}
+            runs.append({**done[k], "table": spec["table"], "row": spec["row"]})
+            result["runs"].append(runs[-1])
+            write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+        return runs
+
+    curve = [s for s in curve_plan(fast) if methods is None or s["method"] in methods]
+    if model == DEFAULT_MODEL and curve:
+        result["iters"] = converged_budget(execute(curve, "budget curve"))
+    else:
+        result["iters"] = FAST["iters"] if fast else decided_budget()
+    execute(plan(result["iters"], fast, methods, model), f"bench {model}")
     return result
+
+
+def decided_budget() -> int:
+    """The budget that the tiny RetinaNet's budget curve fixed (its committed bench), else the largest."""
+    path = RESULTS_DIR / result_name()
+    return json.loads(path.read_text()).get("iters", CURVE_ITERS[-1]) if path.is_file() else CURVE_ITERS[-1]

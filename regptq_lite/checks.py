@@ -11,7 +11,7 @@ import torch
 
 from .cost import LayerCost, summarize
 from .fgic import box_filter
-from .quantizers import LogAffineQuantizer
+from .llaq import LogAffineQuantizer
 from .theory import decode, iou_loss_first_order
 from .toy import excess_kurtosis, fit_laws
 

@@ -99,7 +99,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
         raise UsageError(f"output folder does not exist: {args.save.parent}")
     overrides = {
         key: value
-        for key, value in (("theta_c", args.theta_c), ("theta_i", args.theta_i), ("global_loss", args.global_loss))
+        for key, value in (
+            ("theta_c", args.theta_c),
+            ("theta_i", args.theta_i),
+            ("global_loss", args.global_loss),
+            ("llaq_form", args.llaq_form),
+            ("llaq_rounding", args.llaq_rounding),
+        )
         if value is not None
     }
     qmodel, result = calibrate(
@@ -132,7 +138,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import RESULTS_DIR, markdown, result_name, run_bench
+    from .atomic import write_atomic
+    from .bench import RESULTS_DIR, result_name, run_bench
+    from .bench_tables import markdown
     from .methods import METHODS
     from .report import REPORTS_DIR
 
@@ -141,7 +149,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(sorted(unknown))}; expected some of {', '.join(METHODS)}")
     path = out / result_name(args.model)
-    print(markdown(run_bench(fast=args.fast, out_dir=out, methods=args.methods, model=args.model)))
+    text = markdown(run_bench(fast=args.fast, out_dir=out, methods=args.methods, model=args.model))
+    write_atomic(path.with_suffix(".md"), lambda tmp: tmp.write_text(text))
+    print(text)
     print(f"wrote {path} and {path.with_suffix('.md')}")
 
 
@@ -197,8 +207,10 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     from .detectors import CHECKPOINTS, MATCHERS
+    from .llaq import FORMS
     from .methods import METHODS
     from .qmodel import REGIMES
+    from .recon import LLAQ_ROUNDINGS
     from .train import BOX_LOSSES, HEAD_INITS
 
     parser = _Parser(prog="python -m regptq_lite", description="Reg-PTQ workbook commands.")
@@ -246,6 +258,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--theta-c", type=float, default=None, help="FGIC confidence filter (default 2e-4)")
     p.add_argument("--theta-i", type=float, default=None, help="FGIC IoU filter (default 0.1)")
     p.add_argument("--global-loss", action=argparse.BooleanOptionalAction, default=None, help="FGIC's L_G term")
+    p.add_argument(
+        "--llaq-form", choices=FORMS, default=None, help="LLAQ grid: float k, or the integer shift form (default float)"
+    )
+    p.add_argument(
+        "--llaq-rounding", choices=LLAQ_ROUNDINGS, default=None, help="LLAQ exponents: learned (default) or nearest"
+    )
     p.add_argument("--save", type=Path, default=None, help="write the integer form (codes, scales) here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_calibrate)

@@ -3,8 +3,14 @@
 ``export_integer`` gives, per quantized layer, its integer weight codes, the scales and
 offsets that turn codes back into values, and the quantizer kind; ``save_integer`` writes it
 atomically. ``integer_conv`` recomputes a layer's output from those codes with integer
-arithmetic (int64 matrix products; for LLAQ with k = 1, bit shifts) plus one float rescale
-per output channel, which is what a deployment kernel would do.
+arithmetic (int64 matrix products; for LLAQ in its shift form, bit shifts and a small lookup)
+plus a float rescale per output channel, which is what a deployment kernel would do.
+
+LLAQ's shift form (``LogAffineQuantizer.snap_k_``, ``snap_m_``): with k = 2^j a level is
+2^(-a/k) * 2^(e/k), and 2^(e/k) is a shift by e >> j times a lookup of 2^(r/k) for the j low bits r
+of e (stored with LUT_BITS fraction bits; no lookup when k <= 1, where the shift is e * 2^-j). m is
+an integer m_code times the smallest positive level / 2^M_FRACTION_BITS, so that the m * sum(x)
+term joins the positive side's integer accumulator.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .atomic import write_atomic
+from .llaq import M_FRACTION_BITS, PARAMS, LogAffineQuantizer, llaq_of
 from .qmodel import QuantLayer, quant_layers
-from .quantizers import LogAffineQuantizer, UniformQuantizer
+from .quantizers import UniformQuantizer
+
+LUT_BITS = 16  # fraction bits of the shift form's lookup of 2^(r/k)
 
 
 @torch.no_grad()
@@ -26,16 +35,10 @@ def export_layer(layer: QuantLayer) -> dict:
     p = layer.policy
     out: dict = {"kind": p.weight_kind, "wbits": p.wbits, "abits": p.abits, "bias": layer.layer.bias}
     w = layer.layer.weight
-    if isinstance(layer.wq, LogAffineQuantizer):
-        q = layer.wq
-        out.update(
-            weight_codes=q.codes(w).to(torch.int8),
-            m=q.m.detach().clone(),
-            k_pos=q.k_pos.detach().clone(),
-            a_pos=q.a_pos.detach().clone(),
-            k_neg=q.k_neg.detach().clone(),
-            a_neg=q.a_neg.detach().clone(),
-        )
+    grid = llaq_of(layer.wq)
+    if grid is not None:
+        out.update(weight_codes=layer.wq.codes(w).to(torch.int8), shift_form=is_shift_form(grid))
+        out.update({name: value.detach().clone() for name, value in zip(PARAMS, grid.grid())})
     elif layer.wq is not None:
         base = layer.wq.base if hasattr(layer.wq, "base") else layer.wq
         out.update(
@@ -68,9 +71,47 @@ def _int_matmul(cols: torch.Tensor, weight_int: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ck,nkl->ncl", weight_int, cols)
 
 
+def is_shift_form(grid: LogAffineQuantizer) -> bool:
+    """k a power of two on both sides and m an integer multiple of ``m_unit()``."""
+    ks = torch.cat([grid.k_pos.flatten(), grid.k_neg.flatten()]).detach()
+    m_code = (grid.m / grid.m_unit()).detach()
+    on_grid = torch.allclose(m_code, torch.round(m_code), atol=1e-3)
+    return bool(torch.equal(torch.log2(ks), torch.round(torch.log2(ks))) and on_grid)
+
+
+def _shift_levels(e: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """2^(e/k) * 2^f as integers for each exponent code e, with k = 2^j per channel (C x 1): a lookup
+    of 2^(r/k) (f = LUT_BITS fraction bits) shifted by e >> j when j > 0, a plain shift by e * 2^-j
+    (f = 0) when k <= 1. Returns the integers and f per channel."""
+    j = torch.log2(k).round().long()
+    up, down = j.clamp_min(0), (-j).clamp_min(0)
+    fraction = torch.where(j > 0, LUT_BITS, 0)
+    lookup = torch.round(torch.exp2((e & ((1 << up) - 1)) / k + fraction)).long()
+    return lookup << ((e >> up) << down), fraction
+
+
+def _llaq_accumulate(form: dict, codes: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """sum_i x_i w_i for LLAQ weights in the shift form from two integer accumulators, one a side
+    (the positive one also carries m_code * sum_i x_i), each rescaled once per output channel."""
+    c_out = codes.shape[0]
+    grid = {name: form[name].reshape(c_out, 1).double() for name in PARAMS}
+    pos = codes >= 0
+    e = torch.where(pos, codes, -codes - 1)
+    pos_ints, pos_fraction = _shift_levels(e, grid["k_pos"])
+    neg_ints, neg_fraction = _shift_levels(e, grid["k_neg"])
+    smallest = {side: torch.exp2(-grid[f"a_{side}"] / grid[f"k_{side}"]) for side in ("pos", "neg")}
+    m_code = torch.round(grid["m"] / smallest["pos"] * 2**M_FRACTION_BITS).long()
+    bits = pos_fraction.clamp_min(M_FRACTION_BITS)
+    positive = (torch.where(pos, pos_ints, 0) << (bits - pos_fraction)) + (m_code << (bits - M_FRACTION_BITS))
+    acc_pos, acc_neg = _int_matmul(cols, positive), _int_matmul(cols, torch.where(pos, 0, neg_ints))
+    scale_pos = smallest["pos"] * torch.exp2(-bits.double())
+    scale_neg = smallest["neg"] * torch.exp2(-neg_fraction.double())
+    return scale_pos.reshape(1, c_out, 1) * acc_pos - scale_neg.reshape(1, c_out, 1) * acc_neg
+
+
 def integer_conv(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     """Recompute ``layer(x)`` from integer codes only (both quantizers must be on and uniform
-    activations; LLAQ weights must have k = 1 on both sides, i.e. pure shifts)."""
+    activations; LLAQ weights must be in the shift form)."""
     conv = layer.layer
     if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
         raise ValueError("integer_conv handles plain (ungrouped) Conv2d layers")
@@ -81,19 +122,9 @@ def integer_conv(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     c_out = conv.out_channels
     codes = form["weight_codes"].reshape(c_out, -1).long()
     if form["kind"] == "llaq":
-        for key in ("k_pos", "k_neg"):
-            if not torch.all(form[key] == 1):
-                raise ValueError("integer_conv needs the shift form of LLAQ (k = 1 on both sides)")
-        pos = codes >= 0
-        shift = torch.where(pos, codes, -codes - 1)  # magnitude code e
-        shifted = torch.where(pos, 1, 0) << shift  # x << e on the positive side ...
-        negative = torch.where(pos, 0, 1) << shift  # ... and on the negative side
-        ones = torch.ones_like(codes)
-        acc_pos, acc_neg, acc_sum = (_int_matmul(cols, t) for t in (shifted, negative, ones))
-        scale_pos = torch.exp2(-form["a_pos"].reshape(1, c_out, 1).double())
-        scale_neg = torch.exp2(-form["a_neg"].reshape(1, c_out, 1).double())
-        m = form["m"].reshape(1, c_out, 1).double()
-        out = m * acc_sum + scale_pos * acc_pos - scale_neg * acc_neg
+        if not form["shift_form"]:
+            raise ValueError("integer_conv needs LLAQ's shift form (k a power of two, m on its fixed-point grid)")
+        out = _llaq_accumulate(form, codes, cols)
     else:
         wq = codes - form["weight_zero_point"].reshape(c_out, 1).long()
         out = form["weight_scale"].reshape(1, c_out, 1).double() * _int_matmul(cols, wq)

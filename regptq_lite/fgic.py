@@ -16,8 +16,6 @@ form on the RoI head, whose predictions pair up because both models score the FP
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,13 +27,11 @@ from .head_outputs import (
     decode,
     decode_roi,
     dense_forward,
-    flatten_levels,
     two_stage_forward,
 )
 
 THETA_C = 2e-4
 THETA_I = 0.1
-UnitLoss = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]  # (unit output, call, rows) -> L_G
 
 
 def paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -86,14 +82,6 @@ def global_loss(
     loss = (cls.sum() + lam * box.sum()) / n
     kept = keep.float().mean().item() if keep.numel() else 0.0
     return loss, {"kept": kept, "cls": cls.sum().item() / n, "box": box.sum().item() / n}
-
-
-def _rest_of(container: nn.Module, unit_name: str, prefix: str) -> tuple[int, list[nn.Module]]:
-    """For a unit inside ``container`` (an ``nn.Sequential`` of conv groups named ``prefix``<i>[.<j>]):
-    the index i of its group and the modules of that group that follow the unit."""
-    index, *inner = unit_name[len(prefix) :].split(".")
-    rest = list(container[int(index)])[int(inner[0]) + 1 :] if inner else []
-    return int(index), rest
 
 
 class Teacher:
@@ -164,76 +152,6 @@ class Teacher:
             q_roi = decode_roi(self.model, out.roi_deltas, self.roi_proposals[r], self.roi_classes[r], d.image_size)
             roi_args = (self.roi_logits[r], out.roi_logits, self.roi_boxes[r], q_roi, self.theta_c, self.theta_i)
             loss = loss + global_loss(*roi_args, softmax=True)[0]
-        return loss
-
-    def head_unit_loss(self, qmodel: nn.Module, unit_name: str) -> UnitLoss | None:
-        """L_G as a function of a head unit's output (for one call, i.e. pyramid level, and rows idx).
-
-        The rest of the head runs on the unit's output. RetinaNet: a class-tower unit changes only
-        the class term, a box-tower unit only the (filtered) box term. Faster R-CNN: an RPN conv unit
-        changes the RPN's terms, a unit of the two-layer MLP box head the RoI terms (rows are RoIs).
-        None for units outside the heads, for FCOS (its box tower also feeds centerness) and for
-        other RoI box heads: the global loss then reaches the unit through the Fisher weights only.
-        """
-        if self.two_stage:
-            return self._rpn_unit_loss(qmodel, unit_name) or self._roi_unit_loss(qmodel, unit_name)
-        if self.num_classes != self.logits.shape[-1]:
-            return None
-        finals = {"classification_head": "cls_logits", "regression_head": "bbox_reg"}
-        tower_name = next((t for t in finals if unit_name.startswith(f"head.{t}.conv.")), None)
-        if tower_name is None:
-            return None
-        final = finals[tower_name]
-        tower = qmodel.get_submodule(f"head.{tower_name}")
-        index, rest = _rest_of(tower.conv, unit_name, f"head.{tower_name}.conv.")
-        downstream = nn.Sequential(*rest, *list(tower.conv)[index + 1 :], getattr(tower, final))
-        per_position = self.model.anchor_generator.num_anchors_per_location()[0]
-
-        def loss(out: torch.Tensor, call: int, idx: torch.Tensor) -> torch.Tensor:
-            rows = self._level_rows(call)
-            y = downstream(out)
-            y = flatten_levels([y], y.shape[1] // per_position)
-            fp_logits, fp_boxes = self.logits[idx, rows], self.boxes[idx, rows]
-            if final == "cls_logits":
-                return global_loss(fp_logits, y, fp_boxes, fp_boxes, self.theta_c, self.theta_i)[0]
-            q_boxes = decode(self.model, y, self.anchors[rows], self.image_size)
-            return global_loss(fp_logits, fp_logits, fp_boxes, q_boxes, self.theta_c, self.theta_i)[0]
-
-        return loss
-
-    def _rpn_unit_loss(self, qmodel: nn.Module, unit_name: str) -> UnitLoss | None:
-        prefix = "rpn.head.conv."
-        if not unit_name.startswith(prefix):
-            return None
-        head = qmodel.rpn.head
-        index, rest = _rest_of(head.conv, unit_name, prefix)
-        trunk = nn.Sequential(*rest, *list(head.conv)[index + 1 :])
-
-        def loss(out: torch.Tensor, call: int, idx: torch.Tensor) -> torch.Tensor:
-            y = trunk(out)
-            rows = self._level_rows(call)
-            objectness, deltas = flatten_levels([head.cls_logits(y)], 1), flatten_levels([head.bbox_pred(y)], 4)
-            q_boxes = decode(self.model, deltas, self.anchors[rows], self.image_size)
-            return global_loss(
-                self.logits[idx, rows], objectness, self.boxes[idx, rows], q_boxes, self.theta_c, self.theta_i
-            )[0]
-
-        return loss
-
-    def _roi_unit_loss(self, qmodel: nn.Module, unit_name: str) -> UnitLoss | None:
-        roi = qmodel.roi_heads
-        layers = ("fc6", "fc7")
-        if not hasattr(roi.box_head, "fc7") or unit_name not in {f"roi_heads.box_head.{n}" for n in layers}:
-            return None
-        after = layers[layers.index(unit_name.rsplit(".", 1)[1]) + 1 :]
-        downstream = nn.Sequential(nn.ReLU(), *(m for n in after for m in (getattr(roi.box_head, n), nn.ReLU())))
-
-        def loss(out: torch.Tensor, call: int, idx: torch.Tensor) -> torch.Tensor:
-            logits, deltas = roi.box_predictor(downstream(out))
-            q_boxes = decode_roi(self.model, deltas, self.roi_proposals[idx], self.roi_classes[idx], self.image_size)
-            roi_args = (self.roi_logits[idx], logits, self.roi_boxes[idx], q_boxes, self.theta_c, self.theta_i)
-            return global_loss(*roi_args, softmax=True)[0]
-
         return loss
 
 

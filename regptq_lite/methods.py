@@ -46,7 +46,8 @@ METHODS: dict[str, Method] = {
         "block-wise AdaRound + LSQ steps, activations dropped to float with p = 0.5", recon={"drop_prob": 0.5}
     ),
     "regptq": Method(
-        "FGIC (Fisher-weighted local loss + filtered global loss) with LLAQ on head weights",
+        "FGIC (Fisher-weighted local loss + filtered global loss on every unit), LLAQ head weights with learned"
+        " rounding of their exponents",
         head_weight_kind="llaq",
         recon={"fisher": True, "global_loss": True},
     ),
@@ -159,7 +160,9 @@ def calibrate(
     images = [x.to(device) for x in images]
     head_kind = head_weight_kind or METHODS[method].head_weight_kind
     qmodel = quantize_detector(fp_model, wbits, abits, regime=regime, head_weight_kind=head_kind).to(device)
+    calibration_start = time.time()
     details = run_method(method, qmodel, images, iters, seed, overrides or {})
+    calibration_seconds = time.time() - calibration_start
     metrics = evaluate(qmodel, val)
     fp = fp_metrics(
         model_name,
@@ -180,6 +183,7 @@ def calibrate(
         "AP75": metrics["AP75"],
         "fp_AP": fp["AP"],
         "seconds": round(time.time() - start, 1),
+        "calibration_seconds": round(calibration_seconds, 1),
         "iters": iters if METHODS[method].reconstruct else 0,
         "calib_images": calib_images,
         "val_images": metrics["images"],

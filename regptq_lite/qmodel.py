@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bn_fold import fold_batchnorm
-from .quantizers import LogAffineQuantizer, UniformQuantizer, check_bits
+from .llaq import LogAffineQuantizer
+from .quantizers import UniformQuantizer, check_bits
 
 REGIMES = ("full", "backbone_neck")
 FIRST_LAYER_BITS = 8

@@ -2,18 +2,32 @@
 
 The shared machinery of AdaRound, BRECQ, QDrop and Reg-PTQ (PAPER.md sections 5 and 7). A
 *unit* is a residual block in the backbone and a single conv (with its norm and activation) in
-the neck and head. For each unit in turn: cache its input from the quantized model (earlier
-units already quantized) and its target output from the FP model, switch the unit's quantizers
-on, and optimise its rounding (AdaRound), LLAQ parameters and activation steps (LSQ) against a
-local loss, optionally Fisher-weighted by the gradient of the global loss, with QDrop's random
-float activations, and, on head units, plus the FGIC global loss.
+the neck and head. For each unit in turn (Algorithm 1 of Reg-PTQ):
+
+1. cache its input from the quantized model (earlier units already quantized) and its target
+   output from the FP model;
+2. switch the unit's quantizers on (``prepare_unit``) and, for Fisher-weighted methods, take
+   g = dL_G/dO at its output, rounding to nearest (``fisher_weights``);
+3. optimise its rounding (AdaRound, or AdaRound in LLAQ's log domain), LLAQ grid and activation
+   steps (LSQ) against the local loss L_H, with QDrop's random float activations where asked,
+   plus, for Reg-PTQ, the filtered global loss L_G of the whole detector (``optimise_unit``);
+4. round hard and freeze the unit (``finish_unit``).
+
+Balance (PAPER.md section 5, "no weighting"): L_H and L_G enter unweighted in their *shape*, but
+L_G is rescaled per unit by one constant c = L_H0 / L_G0, the ratio of the two at the start
+(quantizers on, rounding to nearest), so that both start equal; the task loss L_H + c L_G then
+stands to AdaRound's regulariser as BRECQ's local loss does. L_G is evaluated on a few calibration
+images every few iterations (``global_images``, ``global_every``) and multiplied by
+``global_every`` on those iterations, an unbiased estimate of the every-iteration term.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -22,9 +36,12 @@ from torch import nn
 from .detectors import is_two_stage
 from .fgic import THETA_C, THETA_I, Teacher
 from .head_outputs import dense_forward
+from .llaq import FORMS, LogAffineQuantizer, LogAffineTuner
 from .progress import progress
 from .qmodel import QuantLayer, set_quant
-from .quantizers import AdaRoundQuantizer, LogAffineQuantizer, UniformQuantizer
+from .quantizers import AdaRoundQuantizer, LearnedRounding, UniformQuantizer
+
+LLAQ_ROUNDINGS = ("learned", "nearest")
 
 
 @dataclass
@@ -37,7 +54,9 @@ class ReconSettings:
     learn_steps: bool = True
     weight_lr: float = 1e-3
     act_lr: float = 4e-5
-    llaq_lr: float = 1e-3
+    llaq_lr: float = 1e-3  # LLAQ grid offsets: m in channel spreads, k in octaves, a in codes
+    llaq_rounding: str = "learned"
+    llaq_form: str = "float"
     reg_weight: float = 0.01
     beta_start: float = 20.0
     beta_end: float = 2.0
@@ -45,9 +64,19 @@ class ReconSettings:
     drop_prob: float = 0.0
     fisher: bool = False
     global_loss: bool = False
+    global_every: int = 4
+    global_images: int = 8
     theta_c: float = THETA_C
     theta_i: float = THETA_I
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.llaq_rounding not in LLAQ_ROUNDINGS:
+            raise ValueError(f"unknown LLAQ rounding {self.llaq_rounding!r}; expected learned or nearest")
+        if self.llaq_form not in FORMS:
+            raise ValueError(f"unknown LLAQ form {self.llaq_form!r}; expected {' or '.join(FORMS)}")
+        if self.global_every < 1 or self.global_images < 1:
+            raise ValueError("global_every and global_images must be at least 1")
 
 
 def _is_unit(module: nn.Module, granularity: str) -> bool:
@@ -136,37 +165,75 @@ def capture(
 
 
 def prepare_unit(unit: nn.Module, settings: ReconSettings) -> list[dict]:
-    """Switch the unit's quantizers on, wrap uniform weights in AdaRound; return param groups."""
-    weights, llaq, steps = [], [], []
+    """Switch the unit's quantizers on, give its weights learned rounding (AdaRound on a uniform grid,
+    ``LogAffineTuner`` on an LLAQ grid); return the optimiser's parameter groups, which alone
+    require a gradient from now on."""
+    steps = []
     for layer in _layers(unit):
         layer.quant_w, layer.quant_a = layer.wq is not None, layer.aq is not None
         layer.drop_prob = settings.drop_prob
+        weight = layer.layer.weight.detach()
         if isinstance(layer.wq, UniformQuantizer) and settings.adaround:
-            layer.wq = AdaRoundQuantizer(layer.wq, layer.layer.weight.detach())
-        if isinstance(layer.wq, AdaRoundQuantizer):
-            weights.append(layer.wq.alpha)
+            layer.wq = AdaRoundQuantizer(layer.wq, weight)
         elif isinstance(layer.wq, LogAffineQuantizer):
-            llaq += [layer.wq.m, layer.wq.k_pos, layer.wq.a_pos, layer.wq.k_neg, layer.wq.a_neg]
+            shift = settings.llaq_form == "shift"
+            if shift:
+                layer.wq.snap_k_()
+            layer.wq = LogAffineTuner(layer.wq, weight, settings.llaq_rounding, learn_k=not shift)
         if layer.aq is not None and settings.learn_steps:
             steps.append(layer.aq.scale)
+    rounding = [m.alpha for m in unit.modules() if isinstance(m, LearnedRounding)]
+    grids = [p for m in unit.modules() if isinstance(m, LogAffineTuner) for p in m.grid_parameters()]
     groups = [
-        {"params": weights, "lr": settings.weight_lr, "kind": "weights"},
-        {"params": llaq, "lr": settings.llaq_lr, "kind": "llaq"},
+        {"params": rounding, "lr": settings.weight_lr, "kind": "rounding"},
+        {"params": grids, "lr": settings.llaq_lr, "kind": "llaq"},
         {"params": steps, "lr": settings.act_lr, "kind": "steps"},
     ]
-    return [g for g in groups if g["params"]]
+    groups = [g for g in groups if g["params"]]
+    for group in groups:
+        for p in group["params"]:
+            p.requires_grad_(True)
+    return groups
 
 
-def finish_unit(unit: nn.Module) -> None:
-    """Hard rounding and no QDrop from now on."""
+@contextmanager
+def hard_rounding(unit: nn.Module):
+    """Within the block, every learned rounding of the unit rounds hard (to nearest at the start)."""
+    roundings = [m for m in unit.modules() if isinstance(m, LearnedRounding)]
+    soft = [m.soft for m in roundings]
+    for m in roundings:
+        m.soft = False
+    try:
+        yield
+    finally:
+        for m, was in zip(roundings, soft):
+            m.soft = was
+
+
+def finish_unit(unit: nn.Module, settings: ReconSettings) -> dict[str, float]:
+    """Round hard, commit LLAQ grids (the shift form puts m on its fixed-point grid), no QDrop, and
+    freeze the unit. Returns the share of learned roundings still undecided when soft rounding
+    ended, and how far LLAQ grids moved."""
+    roundings = [m for m in unit.modules() if isinstance(m, LearnedRounding)]
+    stats = {}
+    if roundings:
+        counts = [m.alpha.numel() for m in roundings]
+        stats["undecided"] = sum(m.undecided() * n for m, n in zip(roundings, counts)) / sum(counts)
+    tuners = [m for m in unit.modules() if isinstance(m, LogAffineTuner)]
+    for key in ("dm", "dk", "da") if tuners else ():
+        stats[f"llaq_{key}"] = sum(t.drift()[key] for t in tuners) / len(tuners)
+    for m in roundings:
+        m.soft = False
+    for t in tuners:
+        t.commit(shift_form=settings.llaq_form == "shift")
     for layer in _layers(unit):
         layer.drop_prob = 0.0
-        if isinstance(layer.wq, AdaRoundQuantizer):
-            layer.wq.soft = False
+    unit.requires_grad_(False)
+    return stats
 
 
 def local_loss(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-    """Squared error summed over channels, averaged over the rest (BRECQ), Fisher-weighted if given."""
+    """L_H: squared error summed over channels, averaged over the rest (BRECQ), Fisher-weighted if given."""
     err = (out - target).pow(2)
     if weight is not None:
         err = err * weight
@@ -174,8 +241,26 @@ def local_loss(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | N
 
 
 def rounding_loss(unit: nn.Module, beta: float) -> torch.Tensor:
-    terms = [layer.wq.regularizer(beta) for layer in _layers(unit) if isinstance(layer.wq, AdaRoundQuantizer)]
+    """AdaRound's regulariser summed over every learned rounding of the unit."""
+    terms = [m.regularizer(beta) for m in unit.modules() if isinstance(m, LearnedRounding)]
     return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+GlobalLoss = Callable[[torch.Generator], torch.Tensor]  # L_G of the whole detector on a few images
+
+
+@torch.no_grad()
+def mean_local_loss(
+    unit: nn.Module, inputs: list[torch.Tensor], targets: list[torch.Tensor], fisher: list[torch.Tensor] | None
+) -> float:
+    """L_H over the whole calibration set, with the unit as it stands (eval mode)."""
+    total, count = 0.0, 0
+    for call, (x, y) in enumerate(zip(inputs, targets)):
+        for start in range(0, len(x), 32):
+            rows = slice(start, start + 32)
+            loss = local_loss(unit(x[rows]), y[rows], None if fisher is None else fisher[call][rows])
+            total, count = total + loss.item() * len(x[rows]), count + len(x[rows])
+    return total / max(count, 1)
 
 
 def optimise_unit(
@@ -183,50 +268,49 @@ def optimise_unit(
     inputs: list[torch.Tensor],
     targets: list[torch.Tensor],
     settings: ReconSettings,
+    groups: list[dict],
     fisher: list[torch.Tensor] | None = None,
-    extra_loss: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None,
-    extra_scale: float = 1.0,
+    global_loss: GlobalLoss | None = None,
+    global_scale: float = 1.0,
     desc: str = "",
 ) -> dict[str, float]:
-    """Optimise one unit's quantization parameters; returns the first and last local loss.
-
-    ``extra_loss`` (the global loss) is added as ``extra_scale / positions * extra_loss``, where
-    positions = output elements per channel in the batch: with ``extra_scale = 1 / mean(g^2)``
-    this undoes the normalisation of the Fisher weights, so that L_H and L_G keep the paper's
-    balance (no weighting between them).
-    """
-    groups = prepare_unit(unit, settings)
+    """Optimise one prepared unit: Adam on ``groups`` against L_H (+ ``global_scale`` * L_G every
+    ``global_every`` iterations, times ``global_every``) + AdaRound's regulariser after the warm-up,
+    beta annealed from ``beta_start`` to ``beta_end``. Returns the first and last L_H (and L_G)."""
     generator = torch.Generator().manual_seed(settings.seed)
     sizes = torch.tensor([x.numel() for x in inputs], dtype=torch.float)
-    history = []
-    if groups and settings.iters > 0:
-        opt = torch.optim.Adam(groups)
-        cosine = lambda it: 0.5 * (1 + math.cos(math.pi * it / settings.iters))  # noqa: E731
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, [cosine if g["kind"] == "steps" else (lambda it: 1.0) for g in groups]
-        )
-        warm = int(settings.warmup * settings.iters)
-        unit.train()
-        for it in progress(range(settings.iters), desc=desc, leave=False, unit="it"):
-            call = int(torch.multinomial(sizes, 1, generator=generator))
-            idx = torch.randperm(len(inputs[call]), generator=generator)[: settings.batch_size]
-            out = unit(inputs[call][idx])
-            loss = local_loss(out, targets[call][idx], None if fisher is None else fisher[call][idx])
-            history.append(loss.item())
-            if extra_loss is not None:
-                loss = loss + extra_scale * out.shape[1] / out.numel() * extra_loss(out, call, idx)
-            if settings.adaround and it >= warm:
-                done = (it - warm) / max(1, settings.iters - warm)
-                beta = settings.beta_end + (settings.beta_start - settings.beta_end) * (1 - done)
-                loss = loss + settings.reg_weight * rounding_loss(unit, beta)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
-        unit.eval()
-    finish_unit(unit)
-    first, last = (history[0], history[-1]) if history else (float("nan"), float("nan"))
-    return {"first_loss": first, "last_loss": last}
+    local, glob = [], []
+    if not groups or settings.iters <= 0:
+        return {}
+    opt = torch.optim.Adam(groups)
+    cosine = lambda it: 0.5 * (1 + math.cos(math.pi * it / settings.iters))  # noqa: E731
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, [cosine if g["kind"] == "steps" else (lambda it: 1.0) for g in groups]
+    )
+    warm = int(settings.warmup * settings.iters)
+    unit.train()
+    for it in progress(range(settings.iters), desc=desc, leave=False, unit="it"):
+        call = int(torch.multinomial(sizes, 1, generator=generator))
+        idx = torch.randperm(len(inputs[call]), generator=generator)[: settings.batch_size]
+        loss = local_loss(unit(inputs[call][idx]), targets[call][idx], None if fisher is None else fisher[call][idx])
+        local.append(loss.item())
+        if global_loss is not None and it % settings.global_every == 0:
+            lg = global_loss(generator)
+            glob.append(lg.item())
+            loss = loss + global_scale * settings.global_every * lg
+        if settings.adaround and it >= warm:
+            done = (it - warm) / max(1, settings.iters - warm)
+            beta = settings.beta_end + (settings.beta_start - settings.beta_end) * (1 - done)
+            loss = loss + settings.reg_weight * rounding_loss(unit, beta)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+    unit.eval()
+    stats = {"first_local": local[0], "last_local": local[-1]}
+    if glob:
+        stats.update(first_global=glob[0], last_global=glob[-1])
+    return stats
 
 
 def fisher_weights(
@@ -236,20 +320,23 @@ def fisher_weights(
     loss_fn: Callable[[nn.Module, list[torch.Tensor], slice], torch.Tensor],
     batch_size: int = 32,
 ) -> tuple[list[torch.Tensor] | None, float]:
-    """g^2 = (dL_G/dO)^2 at the unit's output O, normalised to mean 1 (one tensor per call), and
-    the mean it was divided by.
+    """g^2 = (dL_G/dO)^2 at the unit's output O, normalised to mean 1 (one tensor per call), and the
+    mean L_G over the images (the unit's quantizers on, as they stand).
 
-    None when the gradient is negligible (nothing upstream is quantized yet): plain MSE then.
+    None when the gradient is negligible (nothing quantized changes the output yet): plain MSE then.
     """
     per_call: list[list[torch.Tensor]] = []
     outs: list[torch.Tensor] = []
+    total = 0.0
     handle = unit.register_forward_hook(lambda _m, _a, out: outs.append(out))
     try:
         for start in range(0, len(images), batch_size):
             outs.clear()
+            batch = images[start : start + batch_size]
             with torch.enable_grad():
-                loss = loss_fn(qmodel, images[start : start + batch_size], slice(start, start + batch_size))
+                loss = loss_fn(qmodel, batch, slice(start, start + batch_size))
                 grads = torch.autograd.grad(loss, outs, allow_unused=True)
+            total += loss.item() * len(batch)
             for call, g in enumerate(grads):
                 if call >= len(per_call):
                     per_call.append([])
@@ -259,8 +346,19 @@ def fisher_weights(
     squares = [torch.cat(chunks) for chunks in per_call]
     mean = torch.cat([s.flatten() for s in squares]).mean()
     if not torch.isfinite(mean) or mean < 1e-30:
-        return None, 1.0
-    return [s / mean for s in squares], mean.item()
+        return None, total / len(images)
+    return [s / mean for s in squares], total / len(images)
+
+
+def global_loss_on(qmodel: nn.Module, teacher: Teacher, images: list[torch.Tensor], count: int) -> GlobalLoss:
+    """L_G of the whole quantized detector on ``count`` consecutive calibration images from a random start."""
+
+    def loss(generator: torch.Generator) -> torch.Tensor:
+        start = int(torch.randint(0, max(1, len(images) - count + 1), (1,), generator=generator))
+        rows = slice(start, start + count)
+        return teacher.loss(qmodel, images[rows], rows)
+
+    return loss
 
 
 def reconstruct(
@@ -268,25 +366,37 @@ def reconstruct(
 ) -> list[dict]:
     """Calibrate every unit of ``qmodel`` (observers already initialised) in forward order.
 
-    Inputs come from the quantized model as it stands (earlier units quantized), targets from
-    a float copy taken before any unit is switched on; both are captured one unit at a time, so
-    memory holds one unit's activations on the calibration set, not every unit's. With
-    ``settings.fisher`` or ``settings.global_loss``, the float copy is also the teacher of the
-    global loss L_G. A two-stage detector always runs on the float copy's proposals, so that the
-    RoI heads of both models see the same boxes.
+    Inputs come from the quantized model as it stands (earlier units quantized), targets from a
+    float copy taken before any unit is switched on; both are captured one unit at a time, so memory
+    holds one unit's activations on the calibration set, not every unit's. With ``settings.fisher``
+    or ``settings.global_loss``, the float copy is also the teacher of the global loss L_G. A
+    two-stage detector always runs on the float copy's proposals, so that the RoI heads of both
+    models see the same boxes.
     """
     fp = copy.deepcopy(qmodel)
+    qmodel.requires_grad_(False)
     needs_teacher = settings.fisher or settings.global_loss or is_two_stage(qmodel)
     teacher = Teacher(fp, images, settings.theta_c, settings.theta_i) if needs_teacher else None
     forward = teacher.forward if teacher is not None else lambda model, batch, _rows: dense_forward(model, batch)
     stats = []
-    units = recon_units(qmodel, granularity)
-    for name, unit in progress(units, desc="calibrate", unit="unit"):
+    for name, unit in progress(recon_units(qmodel, granularity), desc="calibrate", unit="unit"):
+        start = time.time()
         inputs = capture(qmodel, {name: unit}, images, forward, output=False)[name]
         targets = capture(fp, {name: fp.get_submodule(name)}, images, forward, output=True)[name]
-        fisher, g2_mean = fisher_weights(qmodel, unit, images, teacher.loss) if settings.fisher else (None, 1.0)
-        extra = teacher.head_unit_loss(qmodel, name) if settings.global_loss else None
-        result = optimise_unit(unit, inputs, targets, settings, fisher, extra, 1.0 / g2_mean, desc=name)
-        stats.append({"unit": name, "fisher": fisher is not None, "global_loss": extra is not None, **result})
+        groups = prepare_unit(unit, settings)
+        row: dict = {"unit": name}
+        fisher, global_loss, scale = None, None, 1.0
+        if settings.fisher or settings.global_loss:
+            with hard_rounding(unit):
+                fisher, lg0 = fisher_weights(qmodel, unit, images, teacher.loss)
+                fisher = fisher if settings.fisher else None
+                if settings.global_loss:
+                    lh0 = mean_local_loss(unit, inputs, targets, fisher)
+                    scale = lh0 / max(lg0, 1e-12)
+                    global_loss = global_loss_on(qmodel, teacher, images, settings.global_images)
+                    row.update(start_local=lh0, start_global=lg0, global_scale=scale)
+        row.update(optimise_unit(unit, inputs, targets, settings, groups, fisher, global_loss, scale, desc=name))
+        row.update(finish_unit(unit, settings), fisher=fisher is not None, seconds=round(time.time() - start, 2))
+        stats.append(row)
     set_quant(qmodel, weights=True, activations=True)
     return stats

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .fgic import paired_iou
-from .quantizers import LogAffineQuantizer, UniformQuantizer
+from .llaq import LogAffineQuantizer
+from .quantizers import UniformQuantizer
 
 LOSSES = ("l1", "l2", "logistic")
 

@@ -14,9 +14,8 @@ from IPython.display import display
 from torch import nn
 
 from .fgic import decode, paired_iou
-from .quantizers import Log2Quantizer, LogAffineQuantizer, UniformQuantizer
-
-PARAMS = ("m", "k_pos", "a_pos", "k_neg", "a_neg")
+from .llaq import PARAMS, LogAffineQuantizer
+from .quantizers import Log2Quantizer, UniformQuantizer
 
 
 class BoxProbe:

@@ -120,13 +120,28 @@ def test_integer_recomputation_matches_fake_quant(images, kind):
     init_quantizers(qmodel, images)
     set_quant(qmodel, weights=True, activations=True)
     layer = qmodel.head.regression_head.conv[1][0]
-    if kind == "llaq":  # the pure-shift form: k = 1 on both sides
-        layer.wq.k_pos.data.fill_(1.0)
-        layer.wq.k_neg.data.fill_(1.0)
+    if kind == "llaq":  # the shift form, with every kind of k: pure shifts (k <= 1) and lookups (k > 1)
+        grid = layer.wq
+        with torch.no_grad():
+            grid.k_pos.copy_(torch.exp2(torch.arange(64.0).remainder(4) - 1).reshape(grid.k_pos.shape))
+            grid.k_neg.copy_(torch.exp2(torch.arange(64.0).remainder(3) - 1).reshape(grid.k_neg.shape))
+        grid.snap_k_().snap_m_()
     x = torch.randn(2, 64, 8, 8)
     with torch.no_grad():
         fake = layer(x)
     assert torch.allclose(integer_conv(layer, x), fake, atol=1e-4, rtol=1e-4)
+
+
+def test_integer_recomputation_refuses_llaq_outside_the_shift_form(images):
+    fp = build_model("tiny_retinanet")[0].eval()
+    qmodel = quantize_detector(fp, 4, 4, head_weight_kind="llaq")
+    init_quantizers(qmodel, images)
+    set_quant(qmodel, weights=True, activations=True)
+    layer = qmodel.head.regression_head.conv[1][0]
+    with torch.no_grad():
+        layer.wq.k_pos.fill_(1.3)
+    with pytest.raises(ValueError, match="shift form"):
+        integer_conv(layer, torch.randn(1, 64, 4, 4))
 
 
 def test_export_holds_codes_scales_and_kind(images, tmp_path):

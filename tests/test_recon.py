@@ -3,12 +3,14 @@ import copy
 import pytest
 import torch
 
+from regptq_lite.export import integer_conv, is_shift_form
 from regptq_lite.fgic import Teacher
+from regptq_lite.llaq import LogAffineTuner, llaq_of
 from regptq_lite.methods import METHODS, run_method
 from regptq_lite.observe import init_quantizers
 from regptq_lite.qmodel import quant_layers, quantize_detector
-from regptq_lite.quantizers import AdaRoundQuantizer, LogAffineQuantizer
-from regptq_lite.recon import ReconSettings, prepare_unit, recon_units
+from regptq_lite.quantizers import AdaRoundQuantizer, LearnedRounding
+from regptq_lite.recon import ReconSettings, fisher_weights, hard_rounding, prepare_unit, recon_units
 from regptq_lite.scenes import SceneSet
 
 
@@ -43,7 +45,7 @@ def test_gradients_reach_every_learnable_parameter(fp_model, calib, method):
             break  # one head unit is enough: the rest repeat it
     kinds = {type(layer.wq) for _, layer in quant_layers(qmodel) if layer.wq is not None}
     assert AdaRoundQuantizer in kinds
-    assert (LogAffineQuantizer in kinds) == (recipe.head_weight_kind == "llaq")
+    assert (LogAffineTuner in kinds) == (recipe.head_weight_kind == "llaq")
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -55,7 +57,13 @@ def test_each_method_runs_end_to_end(fp_model, calib, method):
         out = qmodel(calib[:2])
     assert len(out) == 2
     if METHODS[method].reconstruct:
-        assert len(details["units"]) == len(recon_units(qmodel, METHODS[method].granularity))
+        units = details["units"]
+        assert len(units) == len(recon_units(qmodel, METHODS[method].granularity))
+        assert all(0.0 <= u["undecided"] <= 1.0 for u in units)
+        if method == "regptq":  # L_G in every unit's loss, backbone and neck included (Eq. 5)
+            assert all(u["global_scale"] > 0 and "last_global" in u for u in units)
+        assert not any(p.requires_grad for p in qmodel.parameters())  # every finished unit is frozen
+        assert not any(m.soft for m in qmodel.modules() if isinstance(m, LearnedRounding))
 
 
 def test_a_short_regptq_calibration_beats_naive_at_w4a4(fp_model):
@@ -72,3 +80,42 @@ def test_a_short_regptq_calibration_beats_naive_at_w4a4(fp_model):
         with torch.no_grad():
             losses[method] = teacher.loss(qmodel, held_out, slice(None)).item()
     assert losses["regptq"] < losses["naive"], losses
+
+
+def test_fisher_weights_are_taken_with_the_units_quantizers_on(fp_model, calib):
+    """The first unit has nothing quantized upstream: g is zero while its quantizers are off, and not
+    once they are on (Algorithm 1 switches them on before taking g)."""
+    qmodel = quantize_detector(fp_model, 4, 4)
+    init_quantizers(qmodel, calib)
+    teacher = Teacher(copy.deepcopy(qmodel), calib, 2e-4, 0.1)
+    name, unit = recon_units(qmodel)[0]
+    before, _ = fisher_weights(qmodel, unit, calib, teacher.loss)
+    prepare_unit(unit, ReconSettings())
+    with hard_rounding(unit):
+        after, global_loss = fisher_weights(qmodel, unit, calib, teacher.loss)
+    assert before is None and after is not None and global_loss > 0, name
+    assert all(m.soft for m in unit.modules() if isinstance(m, LearnedRounding))  # soft again afterwards
+
+
+def test_regptq_in_the_shift_form_recomputes_with_integers(fp_model, calib):
+    qmodel = quantize_detector(fp_model, 3, 4, head_weight_kind="llaq")
+    run_method("regptq", qmodel, calib, iters=3, seed=0, overrides={"llaq_form": "shift"})
+    grids = [(name, layer) for name, layer in quant_layers(qmodel) if llaq_of(layer.wq) is not None]
+    assert grids and all(is_shift_form(llaq_of(layer.wq)) for _, layer in grids)
+    layer = dict(grids)["head.regression_head.conv.2.0"]
+    x = torch.rand(2, 64, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(integer_conv(layer, x), layer(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"llaq_rounding": "up"}, "LLAQ rounding"),
+        ({"llaq_form": "int"}, "LLAQ form"),
+        ({"global_every": 0}, "at least 1"),
+    ],
+)
+def test_bad_settings_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        ReconSettings(**bad)

@@ -1,0 +1,208 @@
+"""The benchmark's tables, from the runs that ``bench.run_bench`` wrote.
+
+Every table of more than one seed shows mean and min-max over seeds. A difference between two rows is
+called a lead only when it exceeds the seed spread (the larger of the two rows' max - min) and both rows
+have three seeds; otherwise it is "within the seed spread" or "not enough seeds".
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .bench import ABLATION, BITS, CURVE_ITERS, DEFAULT_MODEL, FILTER_GRID, ROWS, SEEDS, curve_plan, plan
+
+SETTINGS = [f"W{w}A{a}" for w, a in BITS] + ["W8A8"]
+REGPTQ = "regptq"
+
+
+def runs_frame(result: dict) -> pd.DataFrame:
+    """Every run as a row: its table, row label, setting, seed, iterations, AP figures and seconds."""
+    rows = [{k: v for k, v in r.items() if not isinstance(v, dict | list)} for r in result["runs"]]
+    frame = pd.DataFrame(rows, columns=["table", "row", "method", "wbits", "abits", "seed", "iters", "AP", "AP50",
+                                        "AP75", "fp_AP", "seconds", "calibration_seconds"])  # fmt: skip
+    frame["setting"] = "W" + frame["wbits"].astype(str) + "A" + frame["abits"].astype(str)
+    return frame
+
+
+def seed_stats(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """AP over seeds per row and setting of one table: n, mean, min, max."""
+    rows = frame[frame.table == table]
+    stats = rows.groupby(["row", "setting"], sort=False)["AP"].agg(["count", "mean", "min", "max"])
+    return stats.rename(columns={"count": "n"}).reset_index()
+
+
+def _cell(row: pd.Series) -> str:
+    if row["n"] == 1:
+        return f"{row['mean']:.1f}"
+    return f"{row['mean']:.1f} ({row['min']:.1f}-{row['max']:.1f})"
+
+
+def wide(stats: pd.DataFrame, rows: list[str], columns: list[str]) -> pd.DataFrame:
+    """``seed_stats`` as row x setting cells 'mean (min-max)' ('-' where nothing ran)."""
+    cells = stats.assign(cell=stats.apply(_cell, axis=1)) if len(stats) else stats.assign(cell=[])
+    grid = cells.pivot_table(index="row", columns="setting", values="cell", aggfunc="first")
+    return grid.reindex(index=rows, columns=columns).fillna("-")
+
+
+def methods_table(result: dict) -> pd.DataFrame:
+    """Methods x bit settings: mean AP (min-max over seeds)."""
+    return wide(seed_stats(runs_frame(result), "methods"), list(ROWS), SETTINGS)
+
+
+def verdict(a: pd.Series, b: pd.Series, seeds: int = len(SEEDS)) -> str:
+    """How row ``a`` stands against row ``b`` (each n, mean, min, max): a lead, behind, or within the spread."""
+    if min(a["n"], b["n"]) < seeds:
+        return "not enough seeds"
+    spread = max(a["max"] - a["min"], b["max"] - b["min"])
+    gap = a["mean"] - b["mean"]
+    if abs(gap) <= spread:
+        return "within the seed spread"
+    return "lead" if gap > 0 else "behind"
+
+
+def leads(result: dict, row: str = REGPTQ) -> pd.DataFrame:
+    """Per setting: ``row`` against the best other method (by mean AP; Reg-PTQ's own forms excluded): means,
+    the gap, the seed spread and the verdict."""
+    stats = seed_stats(runs_frame(result), "methods")
+    out = []
+    for setting in SETTINGS:
+        here = stats[stats.setting == setting].set_index("row")
+        others = here.drop(index=[r for r in here.index if ROWS[r][0] == REGPTQ], errors="ignore")
+        if row not in here.index or others.empty:
+            continue
+        best = others["mean"].idxmax()
+        a, b = here.loc[row], others.loc[best]
+        out.append({"setting": setting, row: a["mean"], "best baseline": best, "baseline": b["mean"],
+                    "gap": a["mean"] - b["mean"], "spread": max(a["max"] - a["min"], b["max"] - b["min"]),
+                    "seeds": int(min(a["n"], b["n"])), "verdict": verdict(a, b)})  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def budget_curve(result: dict) -> pd.DataFrame:
+    """AP against iterations per unit: index iterations, columns (method, setting)."""
+    frame = runs_frame(result)
+    curve = frame[frame.table == "budget"]
+    return curve.pivot_table(index="iters", columns=["method", "setting"], values="AP", aggfunc="first")
+
+
+def ablation_table(result: dict) -> pd.DataFrame:
+    """Reg-PTQ with one part changed: n, mean, min, max and the verdict against full Reg-PTQ."""
+    stats = seed_stats(runs_frame(result), "ablation").set_index("row").reindex(list(ABLATION)).dropna(how="all")
+    if "Reg-PTQ" in stats.index:
+        full = stats.loc["Reg-PTQ"]
+        stats["against Reg-PTQ"] = [
+            "-" if name == "Reg-PTQ" else verdict(full, r) for name, r in stats.iterrows()
+        ]  # fmt: skip
+    return stats.drop(columns="setting").astype({"n": int})
+
+
+def filter_table(result: dict) -> pd.DataFrame:
+    """Reg-PTQ AP by filter thresholds (rows theta_C, columns theta_I), one seed."""
+    frame = runs_frame(result)
+    cells = frame[frame.table == "filter"]
+    grid = {(float(r.split("/")[0]), float(r.split("/")[1])): ap for r, ap in zip(cells["row"], cells["AP"])}
+    index = sorted({c for c, _ in FILTER_GRID})
+    columns = sorted({i for _, i in FILTER_GRID})
+    table = pd.DataFrame(
+        [[grid.get((c, i), float("nan")) for i in columns] for c in index], index=index, columns=columns
+    )
+    table.index.name, table.columns.name = "theta_C", "theta_I"
+    return table.rename(index="{:g}".format, columns="{:g}".format)
+
+
+def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.DataFrame:
+    """Calibration wall time of ``method`` over ``baseline`` at the same setting, seed and budget (both
+    measured in this bench run, one after the other)."""
+    frame = runs_frame(result)
+    runs = frame[frame.table == "methods"]
+    pairs = runs[runs.row == method].merge(runs[runs.row == baseline], on=["setting", "seed", "iters"])
+    return pd.DataFrame({
+        "setting": pairs["setting"], "seed": pairs["seed"], f"{method} s": pairs["calibration_seconds_x"],
+        f"{baseline} s": pairs["calibration_seconds_y"],
+        "ratio": pairs["calibration_seconds_x"] / pairs["calibration_seconds_y"],
+    })  # fmt: skip
+
+
+def rounding_decided(result: dict, row: str = REGPTQ) -> pd.DataFrame:
+    """Per unit of ``row``'s runs in the methods table: the share of learned roundings still inside
+    (0.05, 0.95) when soft rounding ended (mean and max over runs) and the L_G scale c."""
+    units = [
+        {**u, "setting": f"W{r['wbits']}A{r['abits']}"}
+        for r in result["runs"]
+        if r.get("table") == "methods" and r.get("row") == row
+        for u in r.get("units", [])
+    ]
+    if not units:
+        return pd.DataFrame(columns=["unit", "undecided mean", "undecided max", "L_G scale"])
+    frame = pd.DataFrame(units)
+    grouped = frame.groupby("unit", sort=False)
+    out = pd.DataFrame({"undecided mean": grouped["undecided"].mean(), "undecided max": grouped["undecided"].max()})
+    if "global_scale" in frame:
+        out["L_G scale"] = grouped["global_scale"].median()
+    return out.reset_index()
+
+
+def _markdown_table(frame: pd.DataFrame, index: bool = True, digits: int = 2) -> list[str]:
+    frame = frame.reset_index() if index else frame
+
+    def text(v: object) -> str:
+        if isinstance(v, float):
+            return "-" if pd.isna(v) else f"{v:.{digits}f}"
+        return str(v)
+
+    cells = [[text(v) for v in row] for row in frame.itertuples(False)]
+    lines = ["| " + " | ".join(str(c) for c in frame.columns) + " |", "|---" * len(frame.columns) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in cells]
+
+
+def markdown(result: dict) -> str:
+    """The benchmark as markdown tables (AP on the 0-100 scale, 500 validation scenes)."""
+    model = result.get("model", DEFAULT_MODEL)
+    frame = runs_frame(result)
+    fp = frame["fp_AP"].iloc[0] if len(frame) else float("nan")
+    planned = len(plan(result.get("iters", CURVE_ITERS[-1]), result.get("fast", False), model=model))
+    if model == DEFAULT_MODEL:
+        planned += len(curve_plan(result.get("fast", False)))
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Commit: `{result['commit']}`  ",
+        f"Machine: {result['machine']}  ",
+        f"Budget: {result.get('iters')} iterations per unit (fixed by the budget curve), {result['calib_images']}"
+        " calibration images (the paper: 2k iterations per unit, batch 256). Seeds: "
+        + ", ".join(map(str, result["seeds"]))
+        + ".  ",
+        f"Runs: {len(frame)} of the {planned} planned"
+        + ("." if len(frame) >= planned else " (an unfinished bench: the rest is blank)."),
+        "",
+        f"## Methods x bits, {model}, full quantization (FP AP {fp:.1f}; mean, min-max over seeds)",
+        "",
+        *_markdown_table(methods_table(result)),
+        "",
+        "## Reg-PTQ against the best baseline (a lead only beyond the seed spread)",
+        "",
+        *_markdown_table(leads(result), index=False),
+        "",
+        "## Calibration time, Reg-PTQ over BRECQ (same setting, seed and budget)",
+        "",
+        *_markdown_table(timing(result), index=False),
+    ]
+    if model == DEFAULT_MODEL:
+        lines += ["", "## Budget curve: AP against iterations per unit (seed 0)", ""]
+        curve = budget_curve(result)
+        curve.columns = [f"{m} {s}" for m, s in curve.columns]
+        lines += _markdown_table(curve, digits=1)
+        lines += ["", "## Ablation at W2A4 (Reg-PTQ with one part changed)", ""]
+        lines += _markdown_table(ablation_table(result))
+        lines += ["", "## Filter thresholds (Reg-PTQ, W2A4, seed 0): rows theta_C, columns theta_I", ""]
+        lines += _markdown_table(filter_table(result), digits=1)
+    lines += ["", "## Learned rounding left undecided when soft rounding ended (Reg-PTQ, per unit)", ""]
+    lines += _markdown_table(rounding_decided(result), index=False, digits=4)
+    lines += ["", "## Weight MSE: LLAQ vs MSE-searched uniform", ""]
+    lines += _markdown_table(pd.DataFrame(result["quantizer_mse"]), index=False, digits=6)
+    for name, rows in result["cost"].items():
+        lines += ["", f"## Cost: {name}", ""]
+        columns = ["setting", "regime", "GFLOPs", "bit_GFLOPs", "compute_saving", "storage_MB", "storage_saving"]
+        lines += _markdown_table(pd.DataFrame(rows)[columns], index=False)
+    return "\n".join(lines) + "\n"
