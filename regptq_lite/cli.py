@@ -33,8 +33,13 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from .detectors import CHECKPOINTS
+    from .outputs import check_checkpoint_out
     from .provenance import command_line
     from .train import train
+
+    out = args.out or CHECKPOINTS[args.model]
+    check_checkpoint_out(out, shipped=CHECKPOINTS[args.model], force=args.force)
 
     card = train(
         args.model,
@@ -45,7 +50,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
         box_loss=args.box_loss,
         head_init=args.head_init,
         threads=args.threads,
-        out=args.out,
+        out=out,
         command=command_line(),
     )
     print(json.dumps(card, indent=2))
@@ -88,15 +93,16 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     from .detectors import TORCHVISION_DETECTORS
     from .export import save_integer
     from .methods import FAST, calibrate
+    from .outputs import check_export_out
     from .scenes import SPLIT_SIZES
 
+    if args.save is not None:
+        check_export_out(args.save, force=args.force)
     every_image = None if args.model in TORCHVISION_DETECTORS else SPLIT_SIZES["val"]
     quick = FAST if args.fast else {"iters": 200, "calib_images": SPLIT_SIZES["calib"], "val_images": every_image}
     for key, value in quick.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.save is not None and not args.save.parent.is_dir():
-        raise UsageError(f"output folder does not exist: {args.save.parent}")
     overrides = {
         key: value
         for key, value in (
@@ -142,9 +148,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     from .bench import RESULTS_DIR, result_name, run_bench
     from .bench_tables import markdown
     from .methods import METHODS
+    from .outputs import check_bench_out
     from .report import REPORTS_DIR
 
-    out = args.out if args.out is not None else (REPORTS_DIR / "bench" if args.fast else RESULTS_DIR)
+    default = REPORTS_DIR / "bench" if args.fast else RESULTS_DIR
+    out = args.out if args.out is not None else default
+    check_bench_out(out, result_name(args.model), default=default)
     unknown = set(args.methods or []) - set(METHODS)
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(sorted(unknown))}; expected some of {', '.join(METHODS)}")
@@ -174,14 +183,19 @@ def _cmd_toy(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
+    from .outputs import check_report_out
     from .report import REPORTS_DIR, build_report
 
-    print(f"wrote {build_report(args.out or REPORTS_DIR, fast=args.fast)}")
+    out = args.out or REPORTS_DIR
+    check_report_out(out, default=REPORTS_DIR, force=args.force)
+    print(f"wrote {build_report(out, fast=args.fast)}")
 
 
 def _cmd_student(args: argparse.Namespace) -> None:
-    from .notebooks_io import write_students
+    from .notebooks_io import STUDENT_DIR, write_students
+    from .outputs import check_student_out
 
+    check_student_out(args.out, default=STUDENT_DIR, force=args.force)
     for path in write_students(args.out):
         print(f"wrote {path}")
 
@@ -205,10 +219,15 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
 
 
+def _force_argument(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--force", action="store_true", help=f"replace {what} (never a file of another kind)")
+
+
 def make_parser() -> argparse.ArgumentParser:
     from .detectors import CHECKPOINTS, MATCHERS
     from .llaq import FORMS
     from .methods import METHODS
+    from .notebooks_io import STUDENT_DIR
     from .qmodel import REGIMES
     from .recon import LLAQ_ROUNDINGS
     from .train import BOX_LOSSES, HEAD_INITS
@@ -226,6 +245,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-init", default=HEAD_INITS[0], choices=HEAD_INITS, help="head tower init (tiny_retinanet)")
     p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (fixed for reproducibility)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint path (default: the shipped one)")
+    _force_argument(p, "an existing checkpoint at --out")
     p.set_defaults(run=_cmd_train)
 
     p = sub.add_parser("eval", help="COCO metrics of the FP detector on the validation scenes or a COCO folder")
@@ -265,6 +285,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--llaq-rounding", choices=LLAQ_ROUNDINGS, default=None, help="LLAQ exponents: learned (default) or nearest"
     )
     p.add_argument("--save", type=Path, default=None, help="write the integer form (codes, scales) here")
+    _force_argument(p, "an existing integer export at --save")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_calibrate)
 
@@ -291,10 +312,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="execute the notebooks and write the HTML report to reports/")
     p.add_argument("--fast", action="store_true", help="FAST notebook settings (a quick run)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/)")
+    _force_argument(p, "an existing report in --out")
     p.set_defaults(run=_cmd_report)
 
     p = sub.add_parser("student", help="write student copies of the notebooks (solutions removed)")
-    p.add_argument("--out", type=Path, default=Path("student"))
+    p.add_argument("--out", type=Path, default=STUDENT_DIR)
+    _force_argument(p, "existing student copies in --out")
     p.set_defaults(run=_cmd_student)
     return parser
 

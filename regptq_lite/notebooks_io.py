@@ -19,8 +19,15 @@ if TYPE_CHECKING:
     from nbformat import NotebookNode
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+STUDENT_DIR = Path("student")  # student copies, where the command runs
 SOLUTION = re.compile(r"^([ \t]*)### BEGIN SOLUTION\n.*?^[ \t]*### END SOLUTION[ \t]*$", re.S | re.M)
+STUB = "# YOUR CODE HERE"
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
+# Every kernel we start: figures inline whatever MPLBACKEND says (the kernel inherits the environment, and a
+# non-inline backend such as Agg draws nothing into the page), and no kernel log on the terminal (its
+# "running over TCP without encryption" warning, or an interrupt caught while it shuts down).
+KERNEL_ARGS = ["--matplotlib=inline", "--IPKernelApp.log_level=CRITICAL"]
+PLOTTING = re.compile(r"\b(?:viz|plt)\.\w+\(|\.plot\(")
 
 
 class NotebookError(RuntimeError):
@@ -65,6 +72,7 @@ def execute(path: Path, out: Path, fast: bool, seed: int = 0, interactive: bool 
                 kernel_name="python3",
                 cwd=str(path.parent),
                 progress_bar=False,
+                extra_arguments=KERNEL_ARGS,
             )
         except papermill.PapermillExecutionError as err:
             raise NotebookError(
@@ -79,18 +87,32 @@ def execute(path: Path, out: Path, fast: bool, seed: int = 0, interactive: bool 
     return write_atomic(out, run)
 
 
-def render(executed: Path, out: Path) -> Path:
-    """HTML of an executed notebook (no re-execution); figures stay embedded PNG images."""
+def plots(path: Path) -> bool:
+    """Whether a notebook's page should hold figures: one of its code cells calls ``viz.*``, ``plt.*`` or
+    a ``.plot(`` method."""
+    import nbformat
+
+    cells = nbformat.read(path, as_version=4).cells
+    return any(c.cell_type == "code" and PLOTTING.search(c.source) for c in cells)
+
+
+def render(executed: Path, out: Path, figures: bool = False) -> Path:
+    """HTML of an executed notebook (no re-execution); figures stay embedded PNG images.
+
+    With ``figures``, a page without a single image is a ``NotebookError`` and is not written.
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    if figures and "<img" not in body:
+        raise NotebookError(f"notebook {executed.name} plots, but its page holds no figure")
     return write_atomic(out, lambda tmp: tmp.write_text(body, encoding="utf-8"))
 
 
 def strip_solutions(source: str) -> str:
     """Each ``### BEGIN SOLUTION`` .. ``### END SOLUTION`` block -> ``# YOUR CODE HERE`` + raise, same indent."""
-    return SOLUTION.sub(lambda m: f"{m[1]}# YOUR CODE HERE\n{m[1]}raise NotImplementedError()", source)
+    return SOLUTION.sub(lambda m: f"{m[1]}{STUB}\n{m[1]}raise NotImplementedError()", source)
 
 
 def clean(nb: NotebookNode) -> NotebookNode:

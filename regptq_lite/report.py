@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import json
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -14,8 +15,7 @@ import matplotlib.pyplot as plt
 from .atomic import write_atomic
 from .coco_eval import evaluate, predict
 from .detectors import CHECKPOINTS, card_path, load_checkpoint
-from .notebooks_io import NOTEBOOKS_DIR, execute, notebooks, render, summary
-from .progress import progress
+from .notebooks_io import NOTEBOOKS_DIR, execute, notebooks, plots, render, summary
 from .scenes import SceneSet
 from .viz import plot_detections
 
@@ -51,12 +51,19 @@ def _png_base64(fig: plt.Figure) -> str:
 
 
 def render_notebooks(out_dir: Path, fast: bool, seed: int = 0, folder: Path = NOTEBOOKS_DIR) -> list[tuple[Path, str]]:
-    """Execute every notebook (``INTERACTIVE=False``) and render it; (html path, one-line summary) each."""
+    """Execute every notebook (``INTERACTIVE=False``) and render it; (html path, one-line summary) each.
+
+    One line on stderr as each notebook starts. A failing cell, or a page without figures from a notebook
+    that plots, raises ``NotebookError`` naming the notebook.
+    """
+    found = notebooks(folder)
     pages = []
-    for path in progress(notebooks(folder), desc="notebooks", unit="nb"):
+    for i, path in enumerate(found, 1):
+        print(f"notebook {i}/{len(found)}: {path.stem}", file=sys.stderr, flush=True)
         executed = out_dir / path.name
-        execute(path, executed, fast=fast, seed=seed)  # a failing cell raises NotebookError, naming it
-        pages.append((render(executed, out_dir / f"{path.stem}.html"), summary(path)))
+        execute(path, executed, fast=fast, seed=seed)
+        page = render(executed, out_dir / f"{path.stem}.html", figures=plots(path))
+        pages.append((page, summary(path)))
     return pages
 
 

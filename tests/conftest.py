@@ -1,7 +1,9 @@
-"""Shared fixtures: the shipped detector, loaded once per session."""
+"""Shared fixtures: the shipped detector and the FAST report, each made once per session."""
 
+import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -23,12 +25,23 @@ def fp_model():
 
 
 @pytest.fixture(scope="session")
-def fast_report(tmp_path_factory):
-    """``python -m regptq_lite report --fast`` run once, as a user would: the folder it wrote."""
+def fast_report(tmp_path_factory, pytestconfig):
+    """``python -m regptq_lite report --fast`` run once, as a user would: the folder it wrote. What it prints
+    (a line as each notebook starts) reaches the terminal as it comes; it is killed after 30 minutes."""
     out = tmp_path_factory.mktemp("reports")
-    result = subprocess.run(
-        [sys.executable, "-m", "regptq_lite", "report", "--fast", "--out", str(out)],
-        capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    command = [sys.executable, "-m", "regptq_lite", "report", "--fast", "--out", str(out)]
+    env = {**os.environ, "TQDM_DISABLE": "1"}  # no evaluation bar between the lines
+    lines = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        watchdog = threading.Timer(1800, proc.kill)
+        watchdog.start()
+        for line in proc.stdout:
+            lines.append(line)
+            with capture.global_and_fixture_disabled():
+                print(f"\n  report --fast: {line.rstrip()}", end="", flush=True)
+        watchdog.cancel()
+    with capture.global_and_fixture_disabled():
+        print(flush=True)
+    assert proc.returncode == 0, "".join(lines)[-2000:]
     return out

@@ -16,7 +16,15 @@ from nbclient import NotebookClient
 
 from regptq_lite import checks
 from regptq_lite.cli import main
-from regptq_lite.notebooks_io import KERNEL, NOTEBOOKS_DIR, SOLUTION, NotebookError, notebooks, strip_solutions
+from regptq_lite.notebooks_io import (
+    KERNEL,
+    KERNEL_ARGS,
+    NOTEBOOKS_DIR,
+    SOLUTION,
+    NotebookError,
+    notebooks,
+    strip_solutions,
+)
 from regptq_lite.report import render_notebooks
 
 CHECK_CALL = re.compile(r"^checks\.(\w+)\((\w+)\);?$")
@@ -123,7 +131,9 @@ def test_student_copies_fail_only_with_not_implemented_error(tmp_path):
             if "# YOUR CODE HERE" in cell.source:
                 keep += [cell, student.cells[i + 1]]
         student.cells = keep
-        NotebookClient(student, kernel_name="python3", allow_errors=True, timeout=300).execute()
+        NotebookClient(
+            student, kernel_name="python3", allow_errors=True, timeout=300, extra_arguments=KERNEL_ARGS
+        ).execute()
         errors = [o for c in student.cells for o in c.get("outputs", []) if o.output_type == "error"]
         assert errors, path.name
         assert {e.ename for e in errors} == {"NotImplementedError"}, path.name

@@ -1,0 +1,202 @@
+"""Where the commands write (``regptq_lite.outputs``): every writing command refuses a bad output path in one
+line with exit code 2, before any work starts, and leaves every file of the project as it was; ``--force``
+replaces a command's own kind and nothing else; the report's kernels draw figures whatever MPLBACKEND says."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from regptq_lite.cli import main
+from regptq_lite.detectors import CHECKPOINTS, DATA_DIR
+from regptq_lite.notebooks_io import KERNEL, NOTEBOOKS_DIR, NotebookError, notebooks, plots, render
+from regptq_lite.outputs import (
+    PACKAGE_DIR,
+    OutputError,
+    check_bench_out,
+    check_checkpoint_out,
+    check_export_out,
+    check_report_out,
+    check_student_out,
+)
+from regptq_lite.report import render_notebooks
+
+ROOT = PACKAGE_DIR.parent
+
+# Each writing command with quick settings (should a path slip through, the run stays short), and the name
+# of what it writes when given a folder to write in.
+WRITERS = {
+    "train": (("train", "--iters", "1", "--out"), "model.pt"),
+    "calibrate": (("calibrate", "--method", "naive", "--wbits", "4", "--abits", "4", "--fast", "--save"), "q.pt"),
+    "bench": (("bench", "--fast", "--methods", "naive", "--out"), "results"),
+    "report": (("report", "--fast", "--out"), "report"),
+    "student": (("student", "--out"), "student"),
+}
+
+
+def _read_only(tmp: Path) -> Path:
+    folder = tmp / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
+
+
+def _foreign_folder(tmp: Path) -> Path:
+    folder = tmp / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+    return folder
+
+
+BAD_PATHS = {
+    "existing file of another kind": lambda tmp, leaf: ROOT / "README.md",
+    "existing folder of another kind": lambda tmp, leaf: _foreign_folder(tmp),
+    "read-only folder": lambda tmp, leaf: _read_only(tmp),
+    "inside a read-only folder": lambda tmp, leaf: _read_only(tmp) / leaf,
+    "missing parent": lambda tmp, leaf: tmp / "missing" / leaf,
+    "the notebooks folder": lambda tmp, leaf: NOTEBOOKS_DIR,
+    "inside the notebooks folder": lambda tmp, leaf: NOTEBOOKS_DIR / leaf,
+    "the data folder": lambda tmp, leaf: DATA_DIR,
+    "inside the data folder": lambda tmp, leaf: DATA_DIR / leaf,
+    "inside the package": lambda tmp, leaf: PACKAGE_DIR / leaf,
+}
+
+
+def project_files() -> dict[str, str]:
+    """Every tracked file's SHA-256, and every untracked file that git does not ignore (hash ``new``)."""
+
+    def listed(*flags: str) -> list[str]:
+        out = subprocess.run(["git", "ls-files", "-z", *flags], cwd=ROOT, capture_output=True, check=True).stdout
+        return [name for name in out.decode().split("\0") if name]
+
+    tracked = {name: hashlib.sha256((ROOT / name).read_bytes()).hexdigest() for name in listed()}
+    return tracked | dict.fromkeys(listed("--others", "--exclude-standard"), "new")
+
+
+@pytest.fixture
+def unchanged_project():
+    before = project_files()
+    yield
+    assert project_files() == before
+
+
+@pytest.mark.parametrize("bad", BAD_PATHS)
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_bad_output_path_is_one_line_and_exit_2(writer, bad, tmp_path, capsys, unchanged_project):
+    args, leaf = WRITERS[writer]
+    path = BAD_PATHS[bad](tmp_path, leaf)
+    try:
+        code = main([*args, str(path)])
+    finally:
+        for folder in tmp_path.glob("read_only"):
+            folder.chmod(0o755)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("regptq_lite: error: ") and "Traceback" not in err
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_same_kind_overwrite_needs_force_and_a_foreign_file_stops_even_force(tmp_path, capsys):
+    out = tmp_path / "student"
+    assert main(["student", "--out", str(out)]) == 0
+    assert main(["student", "--out", str(out)]) == 2
+    assert "--force replaces it" in capsys.readouterr().err
+    assert main(["student", "--out", str(out), "--force"]) == 0
+    shutil.copy(notebooks()[0], out / "mine.ipynb")  # a master notebook, with its solutions
+    assert main(["student", "--out", str(out), "--force"]) == 2
+    assert "mine.ipynb exists and is not a student copy" in capsys.readouterr().err
+
+
+def _checkpoint(path: Path) -> Path:
+    torch.save({"w": torch.zeros(1)}, path)
+    path.with_suffix(".json").write_text(json.dumps({"model": "tiny_retinanet", "val": {"AP": 0.0}}))
+    return path
+
+
+def test_file_outputs_replace_their_own_kind_only_with_force(tmp_path):
+    export = tmp_path / "q.pt"
+    torch.save({"layer": {"kind": "uniform"}}, export)
+    with pytest.raises(OutputError, match="--force"):
+        check_export_out(export)
+    check_export_out(export, force=True)
+    checkpoint = _checkpoint(tmp_path / "model.pt")
+    with pytest.raises(OutputError, match="is not an integer export"):
+        check_export_out(checkpoint, force=True)
+    with pytest.raises(OutputError, match="--force"):
+        check_checkpoint_out(checkpoint, shipped=CHECKPOINTS["tiny_retinanet"])
+    check_checkpoint_out(checkpoint, shipped=CHECKPOINTS["tiny_retinanet"], force=True)
+    with pytest.raises(OutputError, match="is not a checkpoint"):
+        check_checkpoint_out(export, shipped=CHECKPOINTS["tiny_retinanet"], force=True)
+    text = tmp_path / "notes.pt"
+    text.write_text("not a tensor")
+    with pytest.raises(OutputError, match="is not an integer export"):
+        check_export_out(text, force=True)
+    with pytest.raises(OutputError, match=r"\.pt or \.pth file"):
+        check_export_out(tmp_path / "q.bin")
+
+
+def test_the_documented_overwrites_keep_working(tmp_path):
+    """``train`` rebuilds a shipped checkpoint, ``bench`` resumes data/results/, ``report`` and ``student``
+    rebuild their default folders (made with their parents when missing), all without ``--force``."""
+    for path in CHECKPOINTS.values():
+        check_checkpoint_out(path, shipped=path)
+    results = DATA_DIR / "results"
+    check_bench_out(results, "bench.json", default=results)
+    check_bench_out(tmp_path / "reports" / "bench", "bench.json", default=tmp_path / "reports" / "bench")
+    report = tmp_path / "reports"
+    report.mkdir()
+    (report / "index.html").write_text("<!doctype html><html></html>")
+    (report / "bench").mkdir()  # bench --fast writes its results here; subfolders are left alone
+    with pytest.raises(OutputError, match="--force"):
+        check_report_out(report, default=tmp_path / "elsewhere")
+    check_report_out(report, default=report)
+    check_report_out(report, default=tmp_path / "elsewhere", force=True)
+    check_student_out(tmp_path / "new", default=tmp_path / "elsewhere")
+    with pytest.raises(OutputError, match="inside notebooks/"):  # student/ is where the command runs
+        check_student_out(NOTEBOOKS_DIR / "student", default=NOTEBOOKS_DIR / "student")
+
+
+def test_bench_replaces_only_its_own_results(tmp_path):
+    (tmp_path / "bench.json").write_text(json.dumps({"runs": []}))
+    (tmp_path / "bench.md").write_text("# tables\n")
+    (tmp_path / "seeds.json").write_text("{}")  # other results beside them are left alone
+    check_bench_out(tmp_path, "bench.json", default=DATA_DIR / "results")
+    (tmp_path / "bench.json").write_text(json.dumps({"name": "my package"}))
+    with pytest.raises(OutputError, match="bench.json exists and is not an earlier bench's results"):
+        check_bench_out(tmp_path, "bench.json", default=DATA_DIR / "results")
+
+
+def _notebook(folder: Path, name: str, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in ("FAST = False", *sources)])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = dict(KERNEL)
+    nbformat.write(nb, folder / name)
+    return folder / name
+
+
+def test_every_master_notebook_plots_and_a_page_without_figures_is_an_error(tmp_path):
+    assert all(plots(path) for path in notebooks())
+    assert not plots(_notebook(tmp_path, "quiet.ipynb", "print(1)"))
+    drawn = _notebook(tmp_path, "01_drawn.ipynb", "plt.plot([1, 2])")  # never executed: no image output
+    with pytest.raises(NotebookError, match="01_drawn.ipynb plots, but its page holds no figure"):
+        render(drawn, tmp_path / "01_drawn.html", figures=plots(drawn))
+    assert not (tmp_path / "01_drawn.html").exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_figures_come_out_inline_with_mplbackend_agg(tmp_path, monkeypatch, capfd):
+    """The kernel inherits MPLBACKEND=Agg, which would draw nothing into the page; the report's kernels
+    draw inline anyway, and print nothing of their own."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    shutil.copy(NOTEBOOKS_DIR / "04_interactive_log_affine.ipynb", folder)  # the quickest notebook
+    (tmp_path / "out").mkdir()
+    [(page, _)] = render_notebooks(tmp_path / "out", fast=True, folder=folder)
+    assert page.read_text().count("<img") >= 2
+    assert capfd.readouterr().err.strip().splitlines() == ["notebook 1/1: 04_interactive_log_affine"]
