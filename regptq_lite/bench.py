@@ -11,9 +11,10 @@ For the tiny RetinaNet (``--model tiny_fasterrcnn``: the methods table only, in 
 - the weight MSE of LLAQ vs uniform quantizers and the cost table of the tiny detector and
   torchvision's R50-FPN detectors.
 
-Each finished run is written at once, so an interrupted bench resumes where it stopped (runs with the
-same settings at the same commit are reused, whichever table asked for them first). The tables are
-made by ``bench_tables``.
+Each finished run is written at once with the commit it ran at, so an interrupted bench resumes where
+it stopped: a run with the same settings and the same code fingerprint (``provenance.code_fingerprint``:
+the computing modules, the checkpoints, torch) is reused, whichever table asked for it first and at
+whichever commit it ran. The tables are made by ``bench_tables``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .fgic import THETA_C, THETA_I
 from .llaq import LogAffineQuantizer, shift_gap
 from .methods import METHODS, calibrate
 from .progress import progress
-from .provenance import command_line, git_commit, machine
+from .provenance import code_fingerprint, command_line, git_commit, machine
 from .quantizers import UniformQuantizer
 from .scenes import SceneSet
 
@@ -73,12 +74,8 @@ def curve_plan(fast: bool = False) -> list[dict]:
     """The budget curve's runs (seed 0)."""
     if fast:
         return [_run("budget", "brecq", "brecq", CURVE_BITS[0], 0, n) for n in FAST["curve_iters"]]
-    return [
-        _run("budget", method, method, bits, 0, n)
-        for bits in CURVE_BITS
-        for method in CURVE_METHODS
-        for n in CURVE_ITERS
-    ]
+    # each budget's methods one after the other, so that their wall times compare side by side
+    return [_run("budget", m, m, bits, 0, n) for bits in CURVE_BITS for n in CURVE_ITERS for m in CURVE_METHODS]
 
 
 def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model: str = DEFAULT_MODEL) -> list[dict]:
@@ -217,16 +214,17 @@ def run_bench(
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     calib_images = FAST["calib_images"] if fast else CALIB_IMAGES
-    commit = git_commit()
+    commit, code = git_commit(), code_fingerprint()
     path = out_dir / result_name(model)
     done: dict[str, dict] = {}
     if path.is_file():
         previous = json.loads(path.read_text())
-        if previous.get("commit") == commit and previous.get("fast") == fast:
-            done = {r["key"]: r for r in previous.get("runs", []) if "key" in r}
+        if previous.get("fast") == fast:
+            done = {r["key"]: r for r in previous.get("runs", []) if r.get("code") == code and "key" in r}
     result = {
         "command": command_line(),
         "commit": commit,
+        "code": code,
         "machine": machine(),
         "model": model,
         "fast": fast,
@@ -244,7 +242,7 @@ def run_bench(
         for spec in progress(specs, desc=desc, unit="run"):
             k = key(spec, calib_images)
             if k not in done:
-                done[k] = {**_calibrate(spec, calib_images, model), "key": k}
+                done[k] = {**_calibrate(spec, calib_images, model), "key": k, "commit": commit, "code": code}
             runs.append({**done[k], "table": spec["table"], "row": spec["row"]})
             result["runs"].append(runs[-1])
             write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))

@@ -7,6 +7,8 @@ have three seeds; otherwise it is "within the seed spread" or "not enough seeds"
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pandas as pd
 
 from .bench import ABLATION, BITS, CURVE_ITERS, DEFAULT_MODEL, FILTER_GRID, ROWS, SEEDS, curve_plan, plan
@@ -41,7 +43,7 @@ def wide(stats: pd.DataFrame, rows: list[str], columns: list[str]) -> pd.DataFra
     """``seed_stats`` as row x setting cells 'mean (min-max)' ('-' where nothing ran)."""
     cells = stats.assign(cell=stats.apply(_cell, axis=1)) if len(stats) else stats.assign(cell=[])
     grid = cells.pivot_table(index="row", columns="setting", values="cell", aggfunc="first")
-    return grid.reindex(index=rows, columns=columns).fillna("-")
+    return grid.reindex(index=rows, columns=columns).astype(object).fillna("-")
 
 
 def methods_table(result: dict) -> pd.DataFrame:
@@ -91,7 +93,7 @@ def ablation_table(result: dict) -> pd.DataFrame:
     if "Reg-PTQ" in stats.index:
         full = stats.loc["Reg-PTQ"]
         stats["against Reg-PTQ"] = [
-            "-" if name == "Reg-PTQ" else verdict(full, r) for name, r in stats.iterrows()
+            "-" if name == "Reg-PTQ" else verdict(r, full) for name, r in stats.iterrows()
         ]  # fmt: skip
     return stats.drop(columns="setting").astype({"n": int})
 
@@ -111,14 +113,14 @@ def filter_table(result: dict) -> pd.DataFrame:
 
 
 def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.DataFrame:
-    """Calibration wall time of ``method`` over ``baseline`` at the same setting, seed and budget (both
-    measured in this bench run, one after the other)."""
+    """Calibration wall time of ``method`` over ``baseline`` at the same setting, seed and budget, wherever
+    the bench ran both (the budget curve runs them one after the other)."""
     frame = runs_frame(result)
-    runs = frame[frame.table == "methods"]
+    runs = frame[frame.table.isin(["budget", "methods"])].drop_duplicates(["row", "setting", "seed", "iters"])
     pairs = runs[runs.row == method].merge(runs[runs.row == baseline], on=["setting", "seed", "iters"])
     return pd.DataFrame({
-        "setting": pairs["setting"], "seed": pairs["seed"], f"{method} s": pairs["calibration_seconds_x"],
-        f"{baseline} s": pairs["calibration_seconds_y"],
+        "setting": pairs["setting"], "seed": pairs["seed"], "iters": pairs["iters"],
+        f"{method} s": pairs["calibration_seconds_x"], f"{baseline} s": pairs["calibration_seconds_y"],
         "ratio": pairs["calibration_seconds_x"] / pairs["calibration_seconds_y"],
     })  # fmt: skip
 
@@ -167,7 +169,9 @@ def markdown(result: dict) -> str:
         "# Benchmark results",
         "",
         f"Command: `{result['command']}`  ",
-        f"Commit: `{result['commit']}`  ",
+        f"Commit of this invocation: `{result['commit']}`; runs made at "
+        + ", ".join(f"`{c[:12]}` ({n})" for c, n in Counter(r.get("commit") for r in result["runs"]).items())
+        + f"; code fingerprint `{result.get('code')}`  ",
         f"Machine: {result['machine']}  ",
         f"Budget: {result.get('iters')} iterations per unit (fixed by the budget curve), {result['calib_images']}"
         " calibration images (the paper: 2k iterations per unit, batch 256). Seeds: "
@@ -184,7 +188,7 @@ def markdown(result: dict) -> str:
         "",
         *_markdown_table(leads(result), index=False),
         "",
-        "## Calibration time, Reg-PTQ over BRECQ (same setting, seed and budget)",
+        "## Calibration time, Reg-PTQ over BRECQ (same setting, seed and budget, run one after the other)",
         "",
         *_markdown_table(timing(result), index=False),
     ]

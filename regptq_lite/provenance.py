@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import os
 import platform
 import shlex
@@ -44,3 +46,38 @@ def machine() -> str:
     except OSError:
         pass
     return f"{platform.machine()}, {os.cpu_count()} cores, {model}"
+
+
+def _imports(path: Path) -> set[str]:
+    """The package modules that one module imports (``from .name import ...``), at any depth of the file."""
+    tree = ast.parse(path.read_text())
+    return {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module
+    }
+
+
+def calibration_modules(root: str = "methods") -> list[Path]:
+    """The files of ``root`` (the module behind ``calibrate``) and of every package module it imports,
+    directly or not."""
+    package = REPO / "regptq_lite"
+    seen, todo = set(), [root]
+    while todo:
+        name = todo.pop()
+        if name not in seen and (package / f"{name}.py").is_file():
+            seen.add(name)
+            todo += _imports(package / f"{name}.py")
+    return sorted(package / f"{name}.py" for name in seen)
+
+
+def code_fingerprint() -> str:
+    """A hash of everything a calibration's numbers depend on: the modules that ``methods`` reaches
+    (``calibration_modules``), the shipped checkpoints and the torch version. Two runs with the same
+    settings and fingerprint compute the same numbers, whatever commit they ran at."""
+    import torch
+
+    digest = hashlib.sha256(torch.__version__.encode())
+    for path in calibration_modules() + sorted((REPO / "data").glob("*.pt")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]

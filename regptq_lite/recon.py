@@ -64,7 +64,7 @@ class ReconSettings:
     drop_prob: float = 0.0
     fisher: bool = False
     global_loss: bool = False
-    global_every: int = 4
+    global_every: int = 8
     global_images: int = 8
     theta_c: float = THETA_C
     theta_i: float = THETA_I

@@ -1,71 +1,165 @@
-from regptq_lite.bench import ABLATION, BITS, FULL, THETA_C, THETA_I, _key, ablation, markdown, plan, result_name
-from regptq_lite.methods import METHODS
+import json
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+
+from regptq_lite import bench, provenance
+from regptq_lite.bench import (
+    ABLATION,
+    BITS,
+    CALIB_IMAGES,
+    CURVE_ITERS,
+    CURVE_METHODS,
+    FILTER_GRID,
+    ROWS,
+    SEEDS,
+    converged_budget,
+    curve_plan,
+    key,
+    plan,
+    result_name,
+)
+from regptq_lite.bench_tables import ablation_table, filter_table, leads, markdown, methods_table, timing, verdict
 
 
 def test_plan_covers_every_table_and_shares_identical_runs():
-    runs = plan(fast=False)
-    assert len([r for r in runs if r["table"] == "methods"]) == len(METHODS) * len(BITS) + 1
-    assert len([r for r in runs if r["table"] == "filter"]) == len(THETA_C) * len(THETA_I)
-    assert len([r for r in runs if r["table"] == "head_quantizer"]) == 6
-    assert len([r for r in runs if r["table"] == "ablation"]) == 2 * len(ABLATION)
-    keys = {_key(r, FULL) for r in runs}
-    # Reg-PTQ W2A4 at the default thresholds with LLAQ appears in all three tables, computed once;
-    # the three LLAQ head runs are the methods table's Reg-PTQ runs; the ablation's W2A4 run without
-    # the filter is the filter grid's (0, 0) cell.
-    assert len(keys) == len(runs) - 1 - 3 - 1
+    runs = plan(500)
+    methods = [r for r in runs if r["table"] == "methods"]
+    reconstructing = [r for r in ROWS if ROWS[r][0] != "naive"]
+    assert len(methods) == len(reconstructing) * len(BITS) * len(SEEDS) + len(BITS) + 1  # + naive, naive W8A8
+    assert len([r for r in runs if r["table"] == "ablation"]) == len(ABLATION) * len(SEEDS)
+    assert len([r for r in runs if r["table"] == "filter"]) == len(FILTER_GRID)
+    keys = {key(r, CALIB_IMAGES) for r in runs}
+    # the ablation's Reg-PTQ rows are the methods table's Reg-PTQ W2A4 runs; the filter grid's default
+    # cell is one of them, and its (0, 0) cell is the ablation's "no filter" seed 0
+    assert len(keys) == len(runs) - len(SEEDS) - 2
+    assert all(r["iters"] == 500 for r in runs)
 
 
-def test_ablation_rows_pick_the_right_runs():
-    base = {"wbits": 2, "abits": 4, "head_weights": "llaq", "AP": 1.0}
-    runs = [
-        {**base, "table": "methods", "method": "brecq", "head_weights": "uniform", "AP": 2.0},
-        {**base, "table": "methods", "method": "regptq", "AP": 3.0},
-        {**base, "table": "ablation", "method": "regptq", "variant": "local loss only", "AP": 4.0},
-        {**base, "table": "head_quantizer", "method": "regptq", "head_weights": "uniform", "AP": 5.0},
-    ]
-    table = ablation(runs)
-    assert table["BRECQ (local loss, uniform head)"]["W2A4"]["AP"] == 2.0
-    assert table["Reg-PTQ (global loss + filter, LLAQ head)"]["W2A4"]["AP"] == 3.0
-    assert table["local loss only (LLAQ head)"]["W2A4"]["AP"] == 4.0
-    assert table["Reg-PTQ with a uniform head"]["W2A4"]["AP"] == 5.0
-    assert table["global loss, no filter"]["W2A4"] is None
-    assert table["local loss only (LLAQ head)"]["W3A3"] is None
+def test_the_curve_runs_each_budgets_methods_one_after_the_other():
+    curve = curve_plan()
+    assert len(curve) == len(CURVE_ITERS) * len(CURVE_METHODS) * 2
+    assert [r["method"] for r in curve[:3]] == list(CURVE_METHODS) and len({r["iters"] for r in curve[:3]}) == 1
+
+
+def _curve(gains: dict[str, list[float]]) -> list[dict]:
+    runs = []
+    for method, aps in gains.items():
+        runs += [{"method": method, "wbits": 2, "abits": 4, "iters": n, "AP": ap} for n, ap in zip(CURVE_ITERS, aps)]
+    return runs
+
+
+def test_budget_is_where_doubling_gains_less_than_half_an_ap_for_every_method():
+    assert converged_budget(_curve({"a": [10, 15, 18, 18.3, 18.5], "b": [10, 12, 12.2, 12.4, 12.5]})) == 500
+    assert converged_budget(_curve({"a": [10, 15, 18, 18.3, 18.5], "b": [10, 12, 13, 14, 15]})) == CURVE_ITERS[-1]
+    assert converged_budget(_curve({"a": [10, 10.1, 18, 19, 20]})) == CURVE_ITERS[0]  # the first doubling decides
+
+
+def stats(n, mean, low, high):
+    return pd.Series({"n": n, "mean": mean, "min": low, "max": high})
+
+
+def test_a_lead_must_exceed_the_seed_spread_of_both_rows():
+    assert verdict(stats(3, 30.0, 29.5, 30.5), stats(3, 28.0, 27.8, 28.2)) == "lead"
+    assert verdict(stats(3, 30.0, 29.0, 31.0), stats(3, 28.5, 28.4, 28.6)) == "within the seed spread"
+    assert verdict(stats(3, 25.0, 24.9, 25.1), stats(3, 28.0, 27.0, 29.0)) == "behind"
+    assert verdict(stats(1, 40.0, 40.0, 40.0), stats(3, 28.0, 27.9, 28.1)) == "not enough seeds"
+
+
+def _run(table, row, wbits, abits, seed, ap, iters=500, seconds=10.0, **extra):
+    method = ROWS[row][0] if row in ROWS else "regptq"
+    return {"table": table, "row": row, "method": method, "wbits": wbits, "abits": abits, "seed": seed, "iters": iters,
+            "AP": ap, "AP50": ap + 20, "AP75": ap, "fp_AP": 70.0, "seconds": seconds + 5,
+            "calibration_seconds": seconds, "commit": "abc", **extra}  # fmt: skip
+
+
+def _result(runs):
+    return {"command": "python -m regptq_lite bench", "commit": "abc", "code": "f00", "machine": "test",
+            "model": "tiny_retinanet", "fast": False, "calib_images": 128, "seeds": [0, 1, 2], "iters": 500,
+            "runs": runs, "quantizer_mse": [], "cost": {}}  # fmt: skip
+
+
+def test_tables_show_mean_and_spread_and_the_verdict_against_the_best_baseline():
+    runs = [_run("methods", "brecq", 2, 4, s, ap) for s, ap in enumerate((30.0, 30.4, 29.8))]
+    runs += [_run("methods", "qdrop", 2, 4, s, ap) for s, ap in enumerate((31.0, 31.2, 30.9))]
+    runs += [_run("methods", "regptq", 2, 4, s, ap, seconds=13.0) for s, ap in enumerate((33.0, 33.5, 32.8))]
+    runs += [_run("methods", "regptq (shift form)", 2, 4, s, 40.0) for s in range(3)]  # not a baseline
+    runs += [_run("methods", "naive", 2, 4, 0, 5.0)]
+    result = _result(runs)
+    assert methods_table(result).loc["regptq", "W2A4"] == "33.1 (32.8-33.5)"
+    assert methods_table(result).loc["naive", "W2A4"] == "5.0"
+    row = leads(result).iloc[0]
+    assert row["best baseline"] == "qdrop" and row["verdict"] == "lead" and row["gap"] == pytest.approx(2.067, abs=1e-3)
+    ratios = timing(result)
+    assert len(ratios) == 3 and (ratios["ratio"] == 1.3).all()
+
+
+def test_ablation_and_filter_tables():
+    runs = [_run("ablation", "Reg-PTQ", 2, 4, s, 33.0 + s / 10) for s in range(3)]
+    runs += [_run("ablation", "no global loss (L_H only)", 2, 4, s, 30.0 + s / 10) for s in range(3)]
+    runs += [_run("filter", "0.0002/0.1", 2, 4, 0, 33.0), _run("filter", "0/0", 2, 4, 0, 32.0)]
+    result = _result(runs)
+    table = ablation_table(result)
+    assert table.loc["no global loss (L_H only)", "against Reg-PTQ"] == "behind" and table["n"].tolist() == [3, 3]
+    grid = filter_table(result)
+    assert grid.loc["0.0002", "0.1"] == 33.0 and grid.loc["0", "0"] == 32.0 and pd.isna(grid.loc["0.01", "0.1"])
 
 
 def test_markdown_renders_every_table():
-    run = {
-        "table": "methods",
-        "method": "regptq",
-        "wbits": 2,
-        "abits": 4,
-        "AP": 12.3,
-        "AP50": 30.0,
-        "AP75": 10.0,
-        "fp_AP": 50.0,
-        "seconds": 10.0,
-        "head_weights": "llaq",
-        "settings": {"theta_c": 2e-4, "theta_i": 0.1},
-    }
-    result = {
-        "command": "python -m regptq_lite bench",
-        "commit": "abc",
-        "machine": "test",
-        "budget": FULL,
-        "runs": [run, {**run, "table": "filter"}, {**run, "table": "head_quantizer"}],
-        "quantizer_mse": [],
-        "cost": {},
-    }
-    text = markdown(result)
-    # once in each of the four grids (the ablation shows the methods run as Reg-PTQ), and three rows in the list
-    assert text.count("12.3") == 7
-    assert "100 iterations per unit" in text
+    runs = [_run("methods", "regptq", 2, 4, 0, 12.3, units=[{"unit": "backbone.stem", "undecided": 0.01}])]
+    runs += [_run("budget", "brecq", 2, 4, 0, 11.1, iters=n) for n in CURVE_ITERS]
+    text = markdown(_result(runs))
+    for heading in ("Methods x bits", "best baseline", "Calibration time", "Budget curve", "Ablation", "Filter",
+                    "undecided", "Weight MSE"):  # fmt: skip
+        assert heading in text, heading
+    assert "12.3" in text and "500 iterations per unit" in text and "`abc` (6)" in text
+
+
+def test_a_second_model_gets_the_methods_table_in_its_own_file():
+    runs = plan(500, model="tiny_fasterrcnn")
+    assert {r["table"] for r in runs} == {"methods"}
+    assert {r["method"] for r in plan(500, methods=["brecq"], model="tiny_fasterrcnn")} == {"brecq"}
+    assert result_name() == "bench.json" and result_name("tiny_fasterrcnn") == "bench_tiny_fasterrcnn.json"
+    text = markdown({**_result([_run("methods", "naive", 2, 4, 0, 12.3)]), "model": "tiny_fasterrcnn"})
+    assert "Methods x bits, tiny_fasterrcnn" in text and "Filter thresholds" not in text and "Budget curve" not in text
+
+
+def test_an_interrupted_bench_resumes_runs_of_the_same_code_only(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(spec, calib_images, model):
+        calls.append(spec["row"])
+        return _run(spec["table"], spec["row"], spec["wbits"], spec["abits"], spec["seed"], 10.0, spec["iters"])
+
+    monkeypatch.setattr(bench, "_calibrate", fake)
+    monkeypatch.setattr(bench, "quantizer_mse", lambda: [])
+    monkeypatch.setattr(bench, "cost_table", lambda model, images: [])
+    monkeypatch.setattr(bench, "code_fingerprint", lambda: "one")
+    first = bench.run_bench(fast=True, out_dir=tmp_path)
+    assert len(calls) == len(first["runs"]) > 0
+    assert all(r["code"] == "one" for r in json.loads((tmp_path / "bench.json").read_text())["runs"])
+    bench.run_bench(fast=True, out_dir=tmp_path)
+    assert len(calls) == len(first["runs"])  # every run reused
+    monkeypatch.setattr(bench, "code_fingerprint", lambda: "two")
+    bench.run_bench(fast=True, out_dir=tmp_path)
+    assert len(calls) == 2 * len(first["runs"])  # new code: every run again
+
+
+def test_the_fingerprint_follows_computing_code_not_presentation(tmp_path, monkeypatch):
+    package = tmp_path / "regptq_lite"
+    shutil.copytree(provenance.REPO / "regptq_lite", package, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "data").mkdir()
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+    before = provenance.code_fingerprint()
+    (package / "viz.py").write_text((package / "viz.py").read_text() + "\n# a comment\n")
+    assert provenance.code_fingerprint() == before
+    (package / "recon.py").write_text((package / "recon.py").read_text() + "\n# a comment\n")
+    assert provenance.code_fingerprint() != before
 
 
 def test_results_do_not_make_the_commit_dirty(tmp_path, monkeypatch):
-    import subprocess
-
-    from regptq_lite import provenance
-
     (tmp_path / "data" / "results").mkdir(parents=True)
     (tmp_path / "data" / "results" / "bench.json").write_text("{}")
     (tmp_path / "code.py").write_text("x = 1\n")
@@ -80,31 +174,3 @@ def test_results_do_not_make_the_commit_dirty(tmp_path, monkeypatch):
     assert provenance.git_commit() == clean  # a bench writing its results: still resumable
     (tmp_path / "code.py").write_text("x = 2\n")
     assert provenance.git_commit() == clean + "-dirty"
-
-
-def test_a_second_model_gets_the_methods_table_in_its_own_file():
-    runs = plan(fast=False, model="tiny_fasterrcnn")
-    assert {r["table"] for r in runs} == {"methods"} and len(runs) == len(METHODS) * len(BITS) + 1
-    assert [r["method"] for r in plan(fast=False, methods=["brecq"], model="tiny_fasterrcnn")] == ["brecq"] * 4
-    assert result_name() == "bench.json" and result_name("tiny_fasterrcnn") == "bench_tiny_fasterrcnn.json"
-    run = {
-        "table": "methods", "method": "naive", "wbits": 2, "abits": 4, "AP": 12.3, "AP50": 30.0, "AP75": 10.0,
-        "fp_AP": 50.0, "seconds": 10.0, "head_weights": "uniform", "settings": {},
-    }  # fmt: skip
-    result = {"command": "c", "commit": "abc", "machine": "m", "model": "tiny_fasterrcnn", "budget": FULL,
-              "runs": [run], "quantizer_mse": [], "cost": {}}  # fmt: skip
-    text = markdown(result)
-    assert "Methods x bits, tiny_fasterrcnn" in text and "Runs: 1 of the 21 planned" in text
-    assert "Filter thresholds" not in text and "Ablation" not in text
-
-
-def test_gap_to_best_baseline_compares_where_regptq_ran():
-    import pandas as pd
-
-    from regptq_lite.bench import gap_to_best_baseline
-
-    methods = pd.DataFrame({"W2A4": [10.0, 30.0, 28.0], "W8A8": [50.0, None, None]}, index=["naive", "brecq", "regptq"])
-    gap = gap_to_best_baseline(methods)
-    assert list(gap.index) == ["W2A4"]
-    assert gap.loc["W2A4", "which"] == "brecq" and gap.loc["W2A4", "gap"] == -2.0
-    assert gap_to_best_baseline(methods.drop(index="regptq")).empty
