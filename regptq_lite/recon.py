@@ -16,9 +16,11 @@ the neck and head. For each unit in turn (Algorithm 1 of Reg-PTQ):
 Balance (PAPER.md section 5, "no weighting"): L_H and L_G enter unweighted in their *shape*, but
 L_G is rescaled per unit by one constant c = L_H0 / L_G0, the ratio of the two at the start
 (quantizers on, rounding to nearest), so that both start equal; the task loss L_H + c L_G then
-stands to AdaRound's regulariser as BRECQ's local loss does. L_G is evaluated on a few calibration
-images every few iterations (``global_images``, ``global_every``) and multiplied by
-``global_every`` on those iterations, an unbiased estimate of the every-iteration term.
+stands to AdaRound's regulariser as BRECQ's local loss does. To cost little more than BRECQ, L_G runs
+the whole detector on a few calibration images (``global_images``) every few iterations
+(``global_every``), and its gradient is reused in the iterations between (the parameters move little
+in a few Adam steps). Adding the term only on those iterations, scaled up to keep its mean, gives
+gradient spikes that cost AP under Adam (measured: README, "Decisions").
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ class ReconSettings:
     drop_prob: float = 0.0
     fisher: bool = False
     global_loss: bool = False
-    global_every: int = 8
+    global_every: int = 12
     global_images: int = 8
+    global_weight: float = 1.0  # multiplies c = L_H0 / L_G0 (1: L_G starts equal to L_H)
     theta_c: float = THETA_C
     theta_i: float = THETA_I
     seed: int = 0
@@ -274,15 +277,18 @@ def optimise_unit(
     global_scale: float = 1.0,
     desc: str = "",
 ) -> dict[str, float]:
-    """Optimise one prepared unit: Adam on ``groups`` against L_H (+ ``global_scale`` * L_G every
-    ``global_every`` iterations, times ``global_every``) + AdaRound's regulariser after the warm-up,
-    beta annealed from ``beta_start`` to ``beta_end``. Returns the first and last L_H (and L_G)."""
+    """Optimise one prepared unit: Adam on ``groups`` against L_H + ``global_scale`` * L_G + AdaRound's
+    regulariser after the warm-up (beta annealed from ``beta_start`` to ``beta_end``). The gradient of
+    L_G is taken every ``global_every`` iterations and added to every iteration's gradient until the
+    next one. Returns the first and last L_H (and L_G)."""
     generator = torch.Generator().manual_seed(settings.seed)
     sizes = torch.tensor([x.numel() for x in inputs], dtype=torch.float)
     local, glob = [], []
     if not groups or settings.iters <= 0:
         return {}
     opt = torch.optim.Adam(groups)
+    params = [p for g in groups for p in g["params"]]
+    global_grads: tuple[torch.Tensor | None, ...] = ()
     cosine = lambda it: 0.5 * (1 + math.cos(math.pi * it / settings.iters))  # noqa: E731
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, [cosine if g["kind"] == "steps" else (lambda it: 1.0) for g in groups]
@@ -297,13 +303,16 @@ def optimise_unit(
         if global_loss is not None and it % settings.global_every == 0:
             lg = global_loss(generator)
             glob.append(lg.item())
-            loss = loss + global_scale * settings.global_every * lg
+            global_grads = torch.autograd.grad(global_scale * lg, params, allow_unused=True)
         if settings.adaround and it >= warm:
             done = (it - warm) / max(1, settings.iters - warm)
             beta = settings.beta_end + (settings.beta_start - settings.beta_end) * (1 - done)
             loss = loss + settings.reg_weight * rounding_loss(unit, beta)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for p, g in zip(params, global_grads):
+            if g is not None:
+                p.grad = g.clone() if p.grad is None else p.grad + g
         opt.step()
         schedule.step()
     unit.eval()
@@ -392,7 +401,7 @@ def reconstruct(
                 fisher = fisher if settings.fisher else None
                 if settings.global_loss:
                     lh0 = mean_local_loss(unit, inputs, targets, fisher)
-                    scale = lh0 / max(lg0, 1e-12)
+                    scale = settings.global_weight * lh0 / max(lg0, 1e-12)
                     global_loss = global_loss_on(qmodel, teacher, images, settings.global_images)
                     row.update(start_local=lh0, start_global=lg0, global_scale=scale)
         row.update(optimise_unit(unit, inputs, targets, settings, groups, fisher, global_loss, scale, desc=name))
