@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .atomic import write_atomic
+from .claims import STRICT_ENV
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
@@ -53,7 +54,7 @@ def execute(path: Path, out: Path, fast: bool, seed: int = 0, interactive: bool 
     """Run ``path`` on a fresh ``python3`` kernel with the parameters; write the executed copy to ``out``.
 
     Without ``interactive`` the kernel runs with progress bars off (``TQDM_DISABLE``): a saved page
-    would show each bar frozen at 0%.
+    would show each bar frozen at 0%. Every kernel runs with ``REGPTQ_STRICT_CLAIMS=1`` (``claims.py``).
     """
     import papermill
 
@@ -61,6 +62,7 @@ def execute(path: Path, out: Path, fast: bool, seed: int = 0, interactive: bool 
 
     def run(tmp: Path) -> None:
         before = os.environ.get("TQDM_DISABLE")
+        os.environ[STRICT_ENV] = "1"  # inherited by the kernel: a claim that no longer holds stops the notebook
         if not interactive:
             os.environ["TQDM_DISABLE"] = "1"  # inherited by the kernel process
         try:
