@@ -23,6 +23,7 @@ NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 STUDENT_DIR = Path("student")  # student copies, where the command runs
 SOLUTION = re.compile(r"^([ \t]*)### BEGIN SOLUTION\n.*?^[ \t]*### END SOLUTION[ \t]*$", re.S | re.M)
 STUB = "# YOUR CODE HERE"
+ANSWER_STUB = "YOUR ANSWER HERE"  # a written answer's stub, as nbgrader's
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
 # Every kernel we start: figures inline whatever MPLBACKEND says (the kernel inherits the environment, and a
 # non-inline backend such as Agg draws nothing into the page), and no kernel log on the terminal (its
@@ -112,9 +113,12 @@ def render(executed: Path, out: Path, figures: bool = False) -> Path:
     return write_atomic(out, lambda tmp: tmp.write_text(body, encoding="utf-8"))
 
 
-def strip_solutions(source: str) -> str:
-    """Each ``### BEGIN SOLUTION`` .. ``### END SOLUTION`` block -> ``# YOUR CODE HERE`` + raise, same indent."""
-    return SOLUTION.sub(lambda m: f"{m[1]}{STUB}\n{m[1]}raise NotImplementedError()", source)
+def strip_solutions(source: str, cell_type: str = "code") -> str:
+    """Each ``### BEGIN SOLUTION`` .. ``### END SOLUTION`` block -> ``# YOUR CODE HERE`` + raise in a code cell,
+    ``YOUR ANSWER HERE`` in a markdown cell; same indent."""
+    if cell_type == "code":
+        return SOLUTION.sub(lambda m: f"{m[1]}{STUB}\n{m[1]}raise NotImplementedError()", source)
+    return SOLUTION.sub(lambda m: f"{m[1]}{ANSWER_STUB}", source)
 
 
 def clean(nb: NotebookNode) -> NotebookNode:
@@ -130,13 +134,12 @@ def clean(nb: NotebookNode) -> NotebookNode:
 
 
 def student_copy(path: Path, out: Path) -> Path:
-    """Write the student version of ``path`` to ``out``: solutions replaced, outputs cleared."""
+    """Write the student version of ``path`` to ``out``: solutions and written answers replaced, outputs cleared."""
     import nbformat
 
     nb = clean(nbformat.read(path, as_version=4))
     for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.source = strip_solutions(cell.source)
+        cell.source = strip_solutions(cell.source, cell.cell_type)
     return write_atomic(out, lambda tmp: nbformat.write(nb, str(tmp)))
 
 

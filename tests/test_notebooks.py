@@ -17,6 +17,7 @@ from nbclient import NotebookClient
 from regptq_lite import checks
 from regptq_lite.cli import main
 from regptq_lite.notebooks_io import (
+    ANSWER_STUB,
     KERNEL,
     KERNEL_ARGS,
     NOTEBOOKS_DIR,
@@ -31,9 +32,9 @@ CHECK_CALL = re.compile(r"^checks\.(\w+)\((\w+)\);?$")
 
 
 def exercises(path):
-    """(solution cell, check cell) pairs of a master notebook."""
+    """(solution cell, check cell) pairs of a master notebook (written answers are markdown cells)."""
     cells = nbformat.read(path, as_version=4).cells
-    return [(cells[i], cells[i + 1]) for i, c in enumerate(cells) if "### BEGIN SOLUTION" in c.source]
+    return [(c, cells[i + 1]) for i, c in enumerate(cells) if c.cell_type == "code" and SOLUTION.search(c.source)]
 
 
 def test_notebooks_are_stored_clean():
@@ -105,9 +106,11 @@ def test_student_copies_have_no_solutions(tmp_path):
         master = nbformat.read(path, as_version=4)
         student = nbformat.read(tmp_path / path.name, as_version=4)
         solutions = [m[0] for c in master.cells for m in SOLUTION.finditer(c.source)]
+        written = sum(len(SOLUTION.findall(c.source)) for c in master.cells if c.cell_type == "markdown")
         text = "\n".join(c.source for c in student.cells)
         assert "### BEGIN SOLUTION" not in text and "### END SOLUTION" not in text
-        assert text.count("# YOUR CODE HERE") == text.count("raise NotImplementedError()") == len(solutions)
+        assert text.count("# YOUR CODE HERE") == text.count("raise NotImplementedError()") == len(solutions) - written
+        assert text.count(ANSWER_STUB) == written
         elsewhere = {line.strip() for c in master.cells for line in SOLUTION.sub("", c.source).splitlines()}
         for block in solutions:
             for line in block.splitlines()[1:-1]:
