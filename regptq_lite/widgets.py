@@ -114,8 +114,8 @@ def _draw_grids(ax: plt.Axes, result: dict, m: float) -> list:
     for row, (name, colour) in enumerate((("LLAQ", "#d62728"), ("uniform", "#1f77b4"), ("log2", "#2ca02c"))):
         r = result[name]
         label = f"{name}: MSE {r['mse']:.3g}" + ("" if r["box_error"] is None else f", box 1-IoU {r['box_error']:.4f}")
-        artists.append(ax.vlines(r["levels"].numpy(), top * (1.02 + 0.08 * row), top * (1.08 + 0.08 * row),
-                                 color=colour, label=label))  # fmt: skip
+        low = top * (1.02 + 0.08 * row)
+        artists.append(ax.vlines(r["levels"].numpy(), low, low + 0.06 * top, color=colour, label=label))
     artists.append(ax.axvline(m, color="#d62728", ls=":", lw=1))
     artists.append(ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 0.76)))
     return artists
@@ -204,8 +204,8 @@ def llaq_scrubber(
         start, reference = llaq_initial(weight, b), reference_grids(weight, b, probe)
         fig, ax = _histogram(weight, b)
         for i, (scale, shift) in enumerate(itertools.product(k_scales, a_shifts)):
-            params = {**start, "k_pos": start["k_pos"] * scale, "k_neg": start["k_neg"] * scale,
-                      "a_pos": start["a_pos"] + shift, "a_neg": start["a_neg"] + shift}  # fmt: skip
+            k = {name: start[name] * scale for name in ("k_pos", "k_neg")}
+            params = {**start, **k, **{name: start[name] + shift for name in ("a_pos", "a_neg")}}
             result = {"LLAQ": _grid(weight.detach(), llaq_quantizer(b, **params), probe), **reference}
             artists = _draw_grids(ax, result, params["m"])
             ax.set_title(f"{b}-bit grids; LLAQ " + ", ".join(f"{n} {params[n]:.2f}" for n in PARAMS if n != "m"))
