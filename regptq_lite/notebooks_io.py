@@ -30,6 +30,9 @@ KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
 # "running over TCP without encryption" warning, or an interrupt caught while it shuts down).
 KERNEL_ARGS = ["--matplotlib=inline", "--IPKernelApp.log_level=CRITICAL"]
 PLOTTING = re.compile(r"\b(?:viz|plt)\.\w+\(|\.plot\(")
+PARAMETER_TAGS = ("parameters", "injected-parameters")  # papermill's: the cell written, the cell it injects
+OFFLINE_TEMPLATE = {"offline": "{%- extends 'index.html.j2' -%}{% block html_head_js_requirejs %}{% endblock %}"}
+ASSIGNMENT = re.compile(r"^([ \t]*)(\w+)[ \t]*=[^#\n]*?([ \t]*#.*)?$", re.M)  # NAME = value  # comment
 
 
 class NotebookError(RuntimeError):
@@ -42,13 +45,6 @@ def notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no notebooks (NN_name.ipynb) in {folder}")
     return found
-
-
-def summary(path: Path) -> str:
-    """The notebook's one-line summary (``metadata.regptq.summary``)."""
-    import nbformat
-
-    return nbformat.read(path, as_version=4).metadata.get("regptq", {}).get("summary", "")
 
 
 def execute(path: Path, out: Path, fast: bool, seed: int = 0, interactive: bool = False) -> Path:
@@ -99,15 +95,40 @@ def plots(path: Path) -> bool:
     return any(c.cell_type == "code" and PLOTTING.search(c.source) for c in cells)
 
 
-def render(executed: Path, out: Path, figures: bool = False) -> Path:
-    """HTML of an executed notebook (no re-execution); figures stay embedded PNG images.
+def merge_parameters(nb: NotebookNode) -> NotebookNode:
+    """One parameters cell that shows the values the notebook ran with: papermill's ``injected-parameters``
+    cell is dropped and each of its values written into the ``parameters`` cell's line for that name (its
+    comment kept; a name the cell lacks gets a line of its own). A notebook without both cells is unchanged."""
+    tagged = {tag: [c for c in nb.cells if tag in c.metadata.get("tags", [])] for tag in PARAMETER_TAGS}
+    if not all(tagged.values()):
+        return nb
+    values = dict(nb.metadata.get("papermill", {}).get("parameters", {}))
+    cell = tagged["parameters"][0]
+
+    def assign(m: re.Match) -> str:
+        return f"{m[1]}{m[2]} = {values.pop(m[2])!r}{m[3] or ''}" if m[2] in values else m[0]
+
+    source = ASSIGNMENT.sub(assign, cell.source)
+    cell.source = "\n".join([source, *(f"{name} = {value!r}" for name, value in values.items())])
+    nb.cells = [c for c in nb.cells if c not in tagged["injected-parameters"]]
+    return nb
+
+
+def render(executed: Path, out: Path, figures: bool = False, mathjax_url: str | None = None) -> Path:
+    """HTML of an executed notebook (no re-execution) with one parameters cell (``merge_parameters``);
+    figures stay embedded PNG images. With ``mathjax_url`` (a copy of MathJax beside the page) the page loads
+    nothing from the network: MathJax from there, and not the require.js that nbconvert's page takes from a CDN
+    (only embedded widget state needs it, and our notebooks store none).
 
     With ``figures``, a page without a single image is a ``NotebookError`` and is not written.
     """
     import nbformat
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    offline = {"mathjax_url": mathjax_url, "extra_loaders": [DictLoader(OFFLINE_TEMPLATE)], "template_file": "offline"}
+    exporter = HTMLExporter() if mathjax_url is None else HTMLExporter(**offline)
+    body, _ = exporter.from_notebook_node(merge_parameters(nbformat.read(executed, as_version=4)))
     if figures and "<img" not in body:
         raise NotebookError(f"notebook {executed.name} plots, but its page holds no figure")
     return write_atomic(out, lambda tmp: tmp.write_text(body, encoding="utf-8"))

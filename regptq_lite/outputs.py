@@ -4,7 +4,8 @@
   file with its JSON card beside it), ``calibrate --save`` an integer export (a torch file without a card).
   ``bench``, ``report`` and ``student`` write into a folder whose files (subfolders are left alone) are all
   of their kind, or none: results (JSON and markdown; ``bench*.json`` and its table must be an earlier
-  bench's), a report (HTML pages and executed notebooks), student copies (notebooks with stubs, no solutions).
+  bench's), a report (HTML pages and executed notebooks, and its copy of MathJax in ``mathjax/``), student
+  copies (notebooks with stubs, no solutions).
 - It replaces its own kind only with ``--force`` or where the README documents it: ``train`` rebuilding a
   shipped checkpoint, ``bench`` resuming or restarting its results, ``report`` and ``student`` rebuilding
   their default folders.
@@ -24,6 +25,8 @@ from pathlib import Path
 
 from .detectors import DATA_DIR, card_path
 from .notebooks_io import NOTEBOOKS_DIR, SOLUTION, STUB
+from .offline_math import FOLDER as MATHJAX_FOLDER
+from .offline_math import is_mathjax_copy
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROTECTED = {NOTEBOOKS_DIR: "the master notebooks", DATA_DIR: "the shipped data", PACKAGE_DIR: "the package"}
@@ -208,8 +211,12 @@ def check_bench_out(folder: Path, name: str, default: Path) -> None:
 
 
 def check_report_out(folder: Path, default: Path, force: bool = False) -> None:
-    """``report --out``: a folder of HTML pages and executed notebooks."""
+    """``report --out``: a folder of HTML pages and executed notebooks, and the report's copy of MathJax in its
+    subfolder ``mathjax`` (a subfolder of that name must be an earlier report's)."""
     _check_folder_of(folder, "part of a report", is_report_file, force, default)
+    mathjax = folder / MATHJAX_FOLDER
+    if mathjax.exists() and not is_mathjax_copy(mathjax):
+        raise OutputError(f"--out {folder}: {MATHJAX_FOLDER} exists and is not a report's copy of MathJax")
 
 
 def check_student_out(folder: Path, default: Path, force: bool = False) -> None:

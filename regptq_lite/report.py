@@ -1,23 +1,24 @@
-"""The HTML report: every notebook executed and rendered to ``reports/NN_name.html``, and
-``reports/index.html`` with the FP detector's card, metrics and detections and a link to each notebook."""
+"""The HTML report: every notebook executed and rendered to ``reports/NN_name.html``, MathJax copied beside
+them (``reports/mathjax/``) so that formulas render offline, and ``reports/index.html`` with the learning path,
+the benchmark's headline results and the FP detector's card, metrics and detections."""
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import sys
+import time
 from pathlib import Path
-
-import matplotlib.pyplot as plt
 
 from .atomic import write_atomic
 from .coco_eval import evaluate, predict
 from .detectors import CHECKPOINTS, card_path, load_checkpoint
-from .notebooks_io import NOTEBOOKS_DIR, execute, notebooks, plots, render, summary
+from .learning_path import MINUTES_PER_EXERCISE, WORDS_PER_MINUTE, Step, step
+from .notebooks_io import NOTEBOOKS_DIR, execute, notebooks, plots, render
+from .offline_math import install_mathjax
+from .report_bench import bench_section
 from .scenes import SceneSet
-from .viz import plot_detections
+from .viz import plot_detections, png_base64
 
 REPORTS_DIR = Path(__file__).resolve().parent.parent / "reports"
 
@@ -26,59 +27,92 @@ PAGE = """<!doctype html>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .3rem .7rem; text-align: right; }}
+.text {{ text-align: left; }} .note {{ color: #555; }}
 img {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 .2rem; }}
 </style></head><body>
 <h1>regptq-workbook</h1>
 <p>Post-training quantization of a fully quantized detector, after Reg-PTQ (CVPR 2024).</p>
+<h2>Learning path</h2>
+<p>The notebooks in order, executed top to bottom for this report with {mode}. Minutes for a student: set by a
+notebook's author, or estimated as its words (text and code) at {wpm} a minute, plus {per_exercise} minutes per
+exercise, plus the time it took to run in this build{run_note}.</p>
+<table><tr><th>#</th><th class="text">notebook</th><th class="text">what you do</th><th>minutes</th>
+<th class="text">how the minutes were found</th></tr>
+{path_rows}
+<tr><th colspan="3">in all</th><th>{total_minutes:.0f}</th><th></th></tr></table>
+<h2>Benchmark</h2>
+{bench}
 <h2>The full-precision detector</h2>
 <p>{model}: {parameters:,} parameters, trained from scratch by <code>{command}</code>
 (seed {seed}, {iters} iterations of {batch_size} scenes, {train_minutes:.1f} min on {threads} CPU threads).</p>
 <table><tr>{metric_heads}</tr><tr>{metric_cells}</tr></table>
 <p>COCO box metrics (0-100) on the {images} validation scenes, recomputed while this report was built.</p>
 <img alt="detections of the FP detector on validation scenes" src="data:image/png;base64,{figure}">
-<h2>Notebooks</h2>
-<p>Executed top to bottom for this report, with {mode}.</p>
-{notebooks}
 </body></html>
 """
 
 
-def _png_base64(fig: plt.Figure) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def render_notebooks(out_dir: Path, fast: bool, seed: int = 0, folder: Path = NOTEBOOKS_DIR) -> list[tuple[Path, str]]:
-    """Execute every notebook (``INTERACTIVE=False``) and render it; (html path, one-line summary) each.
+def render_notebooks(
+    out_dir: Path, fast: bool, seed: int = 0, folder: Path = NOTEBOOKS_DIR
+) -> list[tuple[Path, float]]:
+    """Execute every notebook (``INTERACTIVE=False``) and render it with MathJax copied into ``out_dir``;
+    (html path, seconds it took to run) each.
 
     One line on stderr as each notebook starts. A failing cell, or a page without figures from a notebook
     that plots, raises ``NotebookError`` naming the notebook.
     """
     found = notebooks(folder)
+    mathjax_url = install_mathjax(out_dir)
     pages = []
     for i, path in enumerate(found, 1):
         print(f"notebook {i}/{len(found)}: {path.stem}", file=sys.stderr, flush=True)
         executed = out_dir / path.name
+        started = time.monotonic()
         execute(path, executed, fast=fast, seed=seed)
-        page = render(executed, out_dir / f"{path.stem}.html", figures=plots(path))
-        pages.append((page, summary(path)))
+        seconds = time.monotonic() - started
+        page = render(executed, out_dir / f"{path.stem}.html", figures=plots(path), mathjax_url=mathjax_url)
+        pages.append((page, seconds))
     return pages
 
 
-def build_report(out_dir: Path = REPORTS_DIR, fast: bool = False, name: str = "tiny_retinanet") -> Path:
-    """Run and render the notebooks, evaluate the shipped detector and write ``out_dir/index.html``."""
+def _path_row(number: int, page: Path, entry: Step) -> str:
+    cells = [
+        f"<td>{number}</td>",
+        f'<td class="text"><a href="{html.escape(page.name)}">{html.escape(entry.title)}</a></td>',
+        f'<td class="text">{html.escape(entry.summary)}</td>',
+        f"<td>{entry.minutes:.0f}</td>",
+        f'<td class="text">{html.escape(entry.basis)}</td>',
+    ]
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def build_report(
+    out_dir: Path = REPORTS_DIR,
+    fast: bool = False,
+    name: str = "tiny_retinanet",
+    bench: Path | None = None,
+    folder: Path = NOTEBOOKS_DIR,
+) -> Path:
+    """Run and render the notebooks in ``folder``, evaluate the shipped detector and write ``out_dir/index.html``
+    (with the benchmark results at ``bench``, default ``data/results/bench.json``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    pages = render_notebooks(out_dir, fast)
+    pages = render_notebooks(out_dir, fast, folder=folder)
+    path = [step(notebook, seconds) for notebook, (_, seconds) in zip(notebooks(folder), pages)]
     model, _ = load_checkpoint(name)
     card = json.loads(card_path(CHECKPOINTS[name]).read_text())
     val = SceneSet("val")
     metrics = evaluate(model, val)
     shown = SceneSet("val", size=8)
-    figure = _png_base64(plot_detections([shown[i] for i in range(len(shown))], predict(model, shown)))
+    figure = png_base64(plot_detections([shown[i] for i in range(len(shown))], predict(model, shown)))
     names = ("AP", "AP50", "AP75", "APs", "APm", "APl")
     page = PAGE.format(
+        mode="FAST settings (a quick run: fewer images and iterations)" if fast else "full settings",
+        wpm=WORDS_PER_MINUTE,
+        per_exercise=MINUTES_PER_EXERCISE,
+        run_note=" (FAST settings: with the full ones a notebook runs longer)" if fast else "",
+        path_rows="\n".join(_path_row(i, p, e) for i, ((p, _), e) in enumerate(zip(pages, path), 1)),
+        total_minutes=sum(e.minutes for e in path),
+        bench=bench_section(bench),
         model=html.escape(name),
         parameters=card["parameters"],
         command=html.escape(card["command"]),
@@ -91,9 +125,5 @@ def build_report(out_dir: Path = REPORTS_DIR, fast: bool = False, name: str = "t
         metric_cells="".join("<td>n/a</td>" if metrics[n] is None else f"<td>{metrics[n]:.1f}</td>" for n in names),
         images=metrics["images"],
         figure=figure,
-        mode="FAST settings (a quick run: fewer images and iterations)" if fast else "full settings",
-        notebooks="<ul>"
-        + "".join(f'<li><a href="{p.name}">{html.escape(p.stem)}</a>: {html.escape(text)}</li>' for p, text in pages)
-        + "</ul>",
     )
     return write_atomic(out_dir / "index.html", lambda tmp: tmp.write_text(page))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.patches import Rectangle
+from PIL import Image
 
 from .scenes import CLASSES, Scene
 
@@ -14,6 +17,20 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CLASS_COLOURS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00")
+
+
+def png_base64(fig: plt.Figure, dpi: int = 110, colours: int | None = None, close: bool = True) -> str:
+    """The figure as base64 PNG text for a ``data:image/png;base64,`` URL (the figure closed unless not
+    ``close``); with ``colours``, a palette image of that many colours (a few times smaller)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    if close:
+        plt.close(fig)
+    if colours is not None:
+        image = Image.open(buf).convert("RGB").quantize(colours)
+        buf = io.BytesIO()
+        image.save(buf, format="png", optimize=True)
+    return base64.b64encode(buf.getvalue()).decode()
 
 
 def draw_boxes(
@@ -248,5 +265,27 @@ def plot_part_loss(rows_by_method: dict[str, list[dict]]) -> plt.Figure:
     axes[1].set(xlabel="AP won back", title="everything but this part quantized")
     axes[0].invert_yaxis()
     axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_budget_curve(curve: pd.DataFrame, budget: int | None = None) -> plt.Figure:
+    """AP against iterations per unit (``bench_tables.budget_curve``: index iterations, columns (method,
+    setting)): a colour per method, a line style per setting; ``budget``, the bench's chosen one, dotted."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    methods = list(dict.fromkeys(m for m, _ in curve.columns))
+    settings = list(dict.fromkeys(s for _, s in curve.columns))
+    for (method, setting), series in curve.items():
+        series = series.dropna()
+        colour = f"C{methods.index(method)}"
+        ax.plot(series.index, series.values, "o", ls=("-", "--", ":", "-.")[settings.index(setting) % 4],
+                color=colour, label=f"{method} {setting}")  # fmt: skip
+    if budget is not None:
+        ax.axvline(budget, color="black", ls=":", lw=1, label=f"budget {budget}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(curve.index), [str(n) for n in curve.index])
+    ax.minorticks_off()
+    ax.set(xlabel="iterations per unit", ylabel="AP", title="Budget curve: AP against calibration iterations")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

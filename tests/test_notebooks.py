@@ -4,14 +4,12 @@ figures, shown by a real browser, handed out as student copies, and graded by ch
 import json
 import math
 import re
-import shutil
-import subprocess
 
-import matplotlib.image as mpimg
 import nbformat
 import numpy as np
 import pytest
 import torch
+from browser import needs_chromium, screenshot
 from nbclient import NotebookClient
 
 from regptq_lite import checks
@@ -72,30 +70,17 @@ def test_rendered_pages_carry_their_figures_and_the_index_links_them(fast_report
     assert not list(fast_report.glob("*.tmp"))
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _screenshot(page, shot) -> np.ndarray:
-    subprocess.run(
-        [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-         "--window-size=1200,4000", f"--screenshot={shot}", page.as_uri()],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    return mpimg.imread(shot)[..., :3]
-
-
-@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (make test installs it as root)")
+@needs_chromium
 def test_a_real_browser_shows_every_page_with_its_images(fast_report, tmp_path):
     """Chromium renders each page; the same page with its images blanked out must look clearly different
     (at least 2% of the pixels of a 1200 x 4000 screenshot; measured 5-12% on the notebook pages)."""
     pages = [fast_report / "index.html"] + [fast_report / f"{p.stem}.html" for p in notebooks()]
     for page in pages:
-        rgb = _screenshot(page, tmp_path / f"{page.stem}.png")
+        rgb = screenshot(page, tmp_path / f"{page.stem}.png")
         assert rgb.std() > 0.05, f"{page.name}: the screenshot is blank"
         blanked = tmp_path / f"{page.stem}_no_images.html"
         blanked.write_text(re.sub(r"data:image/png;base64,[A-Za-z0-9+/=\s]+", "", page.read_text()))
-        without = _screenshot(blanked, tmp_path / f"{page.stem}_no_images.png")
+        without = screenshot(blanked, tmp_path / f"{page.stem}_no_images.png")
         changed = (np.abs(rgb - without).max(-1) > 0.1).mean()
         assert changed > 0.02, f"{page.name}: its images did not show"
 

@@ -15,6 +15,7 @@ import torch
 from regptq_lite.cli import main
 from regptq_lite.detectors import CHECKPOINTS, DATA_DIR
 from regptq_lite.notebooks_io import KERNEL, NOTEBOOKS_DIR, NotebookError, notebooks, plots, render
+from regptq_lite.offline_math import install_mathjax
 from regptq_lite.outputs import (
     PACKAGE_DIR,
     OutputError,
@@ -160,6 +161,16 @@ def test_the_documented_overwrites_keep_working(tmp_path):
     check_student_out(tmp_path / "new", default=tmp_path / "elsewhere")
     with pytest.raises(OutputError, match="inside notebooks/"):  # student/ is where the command runs
         check_student_out(NOTEBOOKS_DIR / "student", default=NOTEBOOKS_DIR / "student")
+
+
+def test_report_replaces_its_copy_of_mathjax_and_no_other_folder_of_that_name(tmp_path):
+    install_mathjax(tmp_path)
+    check_report_out(tmp_path, default=tmp_path)
+    shutil.rmtree(tmp_path / "mathjax")
+    (tmp_path / "mathjax").mkdir()
+    (tmp_path / "mathjax" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="mathjax exists and is not a report's copy of MathJax"):
+        check_report_out(tmp_path, default=tmp_path)
 
 
 def test_bench_replaces_only_its_own_results(tmp_path):
