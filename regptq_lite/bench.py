@@ -226,6 +226,7 @@ def run_bench(
         "commit": commit,
         "code": code,
         "machine": machine(),
+        "threads": torch.get_num_threads(),
         "model": model,
         "fast": fast,
         "calib_images": calib_images,

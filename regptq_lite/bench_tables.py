@@ -172,7 +172,7 @@ def markdown(result: dict) -> str:
         f"Commit of this invocation: `{result['commit']}`; runs made at "
         + ", ".join(f"`{c[:12]}` ({n})" for c, n in Counter(r.get("commit") for r in result["runs"]).items())
         + f"; code fingerprint `{result.get('code')}`  ",
-        f"Machine: {result['machine']}  ",
+        f"Machine: {result['machine']}, {result.get('threads', '?')} torch thread(s)  ",
         f"Budget: {result.get('iters')} iterations per unit (fixed by the budget curve), {result['calib_images']}"
         " calibration images (the paper: 2k iterations per unit, batch 256). Seeds: "
         + ", ".join(map(str, result["seeds"]))
