@@ -210,3 +210,50 @@ def markdown(result: dict) -> str:
         columns = ["setting", "regime", "GFLOPs", "bit_GFLOPs", "compute_saving", "storage_MB", "storage_saving"]
         lines += _markdown_table(pd.DataFrame(rows)[columns], index=False)
     return "\n".join(lines) + "\n"
+
+
+def _spread(row: pd.Series) -> str:
+    return f"{row['mean']:.1f}" if row["n"] == 1 else f"{row['mean']:.1f} ({row['min']:.1f}-{row['max']:.1f})"
+
+
+def findings(result: dict) -> list[str]:
+    """The bench's results in sentences written from its numbers: the budget the curve chose, Reg-PTQ against
+    the best baseline per setting (with the verdict), the ablation against full Reg-PTQ, the time ratio."""
+    out = []
+    curve = budget_curve(result) if any(r.get("table") == "budget" for r in result["runs"]) else pd.DataFrame()
+    if not curve.empty and result.get("iters") is not None:
+        budget = result["iters"]
+        later = [n for n in curve.index if n > budget]
+        if later:
+            gains = ", ".join(f"{m} {s} {curve.loc[later[0], (m, s)] - curve.loc[budget, (m, s)]:+.1f}"
+                              for m, s in curve.columns)  # fmt: skip
+            out.append(f"The budget curve fixed {budget} iterations per unit: doubling to {later[0]} gains {gains} AP.")
+        else:
+            out.append(f"The budget curve found no doubling that gains less than 0.5 AP: the budget is {budget}.")
+    stats = seed_stats(runs_frame(result), "methods").set_index(["row", "setting"])
+    for _, lead in leads(result).iterrows():
+        mine, theirs = stats.loc[(REGPTQ, lead["setting"])], stats.loc[(lead["best baseline"], lead["setting"])]
+        out.append(f"{lead['setting']}: Reg-PTQ {_spread(mine)} against {lead['best baseline']} {_spread(theirs)}, "
+                   f"{lead['gap']:+.1f} AP: {lead['verdict']}.")  # fmt: skip
+    ablation = ablation_table(result) if any(r.get("table") == "ablation" for r in result["runs"]) else pd.DataFrame()
+    for name, row in ablation.iterrows():
+        if name != "Reg-PTQ" and "against Reg-PTQ" in row:
+            out.append(f"Ablation, {name}: {_spread(row)} AP ({row['against Reg-PTQ']} against full Reg-PTQ).")
+    ratios = timing(result)["ratio"]
+    if len(ratios):
+        out.append(f"Reg-PTQ's calibration took {ratios.mean():.2f}x BRECQ's wall time ({ratios.min():.2f}-"
+                   f"{ratios.max():.2f} over {len(ratios)} pairs run one after the other).")  # fmt: skip
+    return out
+
+
+def undecided_by_budget(result: dict) -> pd.DataFrame:
+    """On the budget curve: the share of learned roundings still inside (0.05, 0.95) when soft rounding
+    ended, averaged over units; index iterations, columns (method, setting)."""
+    rows = [
+        {"iters": r["iters"], "method": r["method"], "setting": f"W{r['wbits']}A{r['abits']}",
+         "undecided": sum(u.get("undecided", 0.0) for u in r["units"]) / len(r["units"])}
+        for r in result["runs"] if r.get("table") == "budget" and r.get("units")
+    ]  # fmt: skip
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).pivot_table(index="iters", columns=["method", "setting"], values="undecided")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import textwrap
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
@@ -288,4 +289,71 @@ def plot_budget_curve(curve: pd.DataFrame, budget: int | None = None) -> plt.Fig
     ax.set(xlabel="iterations per unit", ylabel="AP", title="Budget curve: AP against calibration iterations")
     ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+PART_COLOURS = {"backbone": "#8da0cb", "neck": "#66c2a5", "class head": "#fc8d62", "box head": "#e78ac3"}
+
+
+def _part_of(name: str) -> str:
+    if name.startswith(("head.classification_head", "roi_heads.box_predictor.cls")):
+        return "class head"
+    if name.startswith(("head.", "rpn.", "roi_heads.")):
+        return "box head"
+    return "neck" if ".fpn." in name else "backbone"
+
+
+def plot_bit_policy(policies: list) -> plt.Figure:
+    """The full-quantization policy, layer by layer in forward order (``qmodel.LayerPolicy`` rows): weight
+    and input bits per conv ("fp" where the layer stays in float), coloured by bits, grouped by part."""
+    fig, ax = plt.subplots(figsize=(min(14, 1.2 + 0.42 * len(policies)), 3.4))
+    shades = {8: "#31a354", 4: "#fdae6b", 3: "#fd8d3c", 2: "#e6550d", None: "#d9d9d9"}
+    for x, p in enumerate(policies):
+        for y, bits in ((1, p.wbits), (0, p.abits)):
+            ax.add_patch(Rectangle((x, y), 0.92, 0.92, color=shades.get(bits, "#fdd0a2")))
+            ax.text(x + 0.46, y + 0.46, "fp" if bits is None else str(bits), ha="center", va="center", fontsize=7)
+        ax.add_patch(Rectangle((x, -0.35), 0.92, 0.25, color=PART_COLOURS[_part_of(p.name)]))
+    short = [p.name.replace("backbone.", "").replace("head.", "").replace("_head", "") for p in policies]
+    ax.set_xticks([x + 0.46 for x in range(len(policies))], short, rotation=90, fontsize=6)
+    ax.set_yticks([0.46, 1.46], ["input bits", "weight bits"])
+    ax.set_xlim(-0.1, len(policies))
+    ax.set_ylim(-0.4, 2)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in PART_COLOURS.values()]
+    ax.legend(handles, list(PART_COLOURS), ncol=4, fontsize=7, loc="lower left", bbox_to_anchor=(0, 1), frameon=False)
+    ax.set_title(
+        "Full quantization: every conv's weight and input bits (additions and GroupNorm stay in float)", pad=18
+    )
+    fig.tight_layout()
+    return fig
+
+
+def plot_calibration_loop(units: list[str], steps: list) -> plt.Figure:
+    """Algorithm 1 as the code runs it: the units in forward order (left) and, for each, the steps
+    ``steps`` (functions, shown with their name and the first sentence of their docstring)."""
+    fig, ax = plt.subplots(figsize=(11, max(4.0, 0.2 * len(units) + 1)))
+    ax.axis("off")
+    ax.set_xlim(0, 11)
+    ax.set_ylim(-1, len(units) + 1)
+    for i, name in enumerate(units):
+        y = len(units) - i
+        ax.add_patch(Rectangle((0.1, y - 0.4), 3.2, 0.8, color=PART_COLOURS[_part_of(name)], alpha=0.8))
+        ax.text(0.2, y, f"{i + 1:2d} {name}", va="center", fontsize=6.5, family="monospace")
+    top, gap = len(units) - 1.5, (len(units) - 2) / max(1, len(steps) - 1)
+    half = 0.35 * gap
+    for j, fn in enumerate(steps):
+        y = top - j * gap
+        doc = " ".join((fn.__doc__ or "").split("\n\n")[0].split()).split(". ")[0].replace("``", "")
+        ax.add_patch(Rectangle((4.3, y - half), 6.5, 2 * half, fill=False, ec="#555555"))
+        ax.text(4.45, y + half * 0.55, f"{j + 1}. {fn.__name__}", fontsize=9, weight="bold", va="center")
+        ax.text(4.45, y - half * 0.3, textwrap.fill(textwrap.shorten(doc, 200), 105), fontsize=6.5, va="center")
+        if j:
+            ax.annotate("", (7.5, y + half), (7.5, y + gap - half), arrowprops={"arrowstyle": "->"})
+    ax.annotate("for each\nunit, in\norder", (4.2, top), (3.45, len(units) / 2 + 1), fontsize=7,
+                arrowprops={"arrowstyle": "->", "connectionstyle": "arc3,rad=-0.2"})  # fmt: skip
+    ax.annotate("next\nunit", (3.45, len(units) / 2 - 1), (4.2, top - (len(steps) - 1) * gap - half), fontsize=7,
+                arrowprops={"arrowstyle": "->", "connectionstyle": "arc3,rad=-0.2"})  # fmt: skip
+    ax.set_title("Calibration, unit by unit (Reg-PTQ's Algorithm 1, as regptq_lite.recon.reconstruct runs it)")
     return fig
