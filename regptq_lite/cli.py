@@ -92,6 +92,7 @@ def _integer(text: str) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> None:
     from .detectors import TORCHVISION_DETECTORS
     from .export import save_integer
+    from .bench import CALIB_IMAGES, decided_budget
     from .methods import FAST, calibrate
     from .outputs import check_export_out
     from .scenes import SPLIT_SIZES
@@ -99,7 +100,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     if args.save is not None:
         check_export_out(args.save, force=args.force)
     every_image = None if args.model in TORCHVISION_DETECTORS else SPLIT_SIZES["val"]
-    quick = FAST if args.fast else {"iters": 200, "calib_images": SPLIT_SIZES["calib"], "val_images": every_image}
+    quick = FAST if args.fast else {"iters": decided_budget(), "calib_images": CALIB_IMAGES, "val_images": every_image}
     for key, value in quick.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -258,8 +259,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--wbits", type=_integer, required=True, help="weight bits (2-16)")
     p.add_argument("--abits", type=_integer, required=True, help="activation bits (2-16)")
-    p.add_argument("--iters", type=_integer, default=None, help="steps per unit (default 200; naive ignores it)")
-    p.add_argument("--calib-images", type=_integer, default=None, help="calibration images (default 256)")
+    p.add_argument(
+        "--iters", type=_integer, default=None, help="steps per unit (default: the bench budget; naive ignores it)"
+    )
+    p.add_argument("--calib-images", type=_integer, default=None, help="calibration images (default 128, as the bench)")
     p.add_argument(
         "--val-images",
         "--max-images",

@@ -58,6 +58,11 @@ def test_the_entry_point_reports_bad_input_in_one_line(args, needle):
         (("train", "--iters", "1.5"), "positive integer"),
         (("train", "--matcher", "hungarian"), "invalid choice"),
         (("train", "--model", "tiny_fasterrcnn", "--box-loss", "giou"), "apply only to tiny_retinanet"),
+        (("calibrate", "--method", "regptq", "--wbits", "4", "--abits", "4", "--llaq-form", "int"), "invalid choice"),
+        (
+            ("calibrate", "--method", "regptq", "--wbits", "4", "--abits", "4", "--llaq-rounding", "up"),
+            "invalid choice",
+        ),
         ((), "required"),
     ],
 )
