@@ -90,9 +90,9 @@ def _integer(text: str) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
+    from .bench import CALIB_IMAGES, decided_budget
     from .detectors import TORCHVISION_DETECTORS
     from .export import save_integer
-    from .bench import CALIB_IMAGES, decided_budget
     from .methods import FAST, calibrate
     from .outputs import check_export_out
     from .scenes import SPLIT_SIZES
