@@ -12,7 +12,7 @@ import torch
 from browser import needs_chromium, screenshot
 from nbclient import NotebookClient
 
-from regptq_lite import checks
+from regptq_lite import checks, recon
 from regptq_lite.cli import main
 from regptq_lite.notebooks_io import (
     ANSWER_STUB,
@@ -129,7 +129,7 @@ def test_student_copies_fail_only_with_not_implemented_error(tmp_path):
 
 
 def _namespace(source: str) -> dict:
-    ns = {"torch": torch, "math": math, "np": np}
+    ns = {"torch": torch, "math": math, "np": np, "recon": recon}
     exec(source, ns)  # the master's own solution cell, or its student version
     return ns
 
