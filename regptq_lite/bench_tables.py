@@ -162,7 +162,7 @@ def markdown(result: dict) -> str:
     model = result.get("model", DEFAULT_MODEL)
     frame = runs_frame(result)
     fp = frame["fp_AP"].iloc[0] if len(frame) else float("nan")
-    planned = len(plan(result.get("iters", CURVE_ITERS[-1]), result.get("fast", False), model=model))
+    planned = len(plan(result.get("iters") or CURVE_ITERS[-1], result.get("fast", False), model=model))
     if model == DEFAULT_MODEL:
         planned += len(curve_plan(result.get("fast", False)))
     lines = [
@@ -173,7 +173,8 @@ def markdown(result: dict) -> str:
         + ", ".join(f"`{c[:12]}` ({n})" for c, n in Counter(r.get("commit") for r in result["runs"]).items())
         + f"; code fingerprint `{result.get('code')}`  ",
         f"Machine: {result['machine']}, {result.get('threads', '?')} torch thread(s)  ",
-        f"Budget: {result.get('iters')} iterations per unit (fixed by the budget curve), {result['calib_images']}"
+        f"Budget: {result.get('iters') or 'not fixed yet:'} iterations per unit (fixed by the budget curve), "
+        f"{result['calib_images']}"
         " calibration images (the paper: 2k iterations per unit, batch 256). Seeds: "
         + ", ".join(map(str, result["seeds"]))
         + ".  ",

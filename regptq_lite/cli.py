@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -189,6 +190,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
     out = args.out or REPORTS_DIR
     check_report_out(out, default=REPORTS_DIR, force=args.force)
+    os.environ["TQDM_DISABLE"] = "1"  # one line a notebook on the terminal, and no bar while the index is built
     print(f"wrote {build_report(out, fast=args.fast)}")
 
 

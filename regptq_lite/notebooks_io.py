@@ -128,10 +128,26 @@ def render(executed: Path, out: Path, figures: bool = False, mathjax_url: str | 
 
     offline = {"mathjax_url": mathjax_url, "extra_loaders": [DictLoader(OFFLINE_TEMPLATE)], "template_file": "offline"}
     exporter = HTMLExporter() if mathjax_url is None else HTMLExporter(**offline)
-    body, _ = exporter.from_notebook_node(merge_parameters(nbformat.read(executed, as_version=4)))
+    nb = fold_answers(merge_parameters(nbformat.read(executed, as_version=4)))
+    body, _ = exporter.from_notebook_node(nb)
     if figures and "<img" not in body:
         raise NotebookError(f"notebook {executed.name} plots, but its page holds no figure")
     return write_atomic(out, lambda tmp: tmp.write_text(body, encoding="utf-8"))
+
+
+def fold_answers(nb: NotebookNode) -> NotebookNode:
+    """Each written answer of a "predict, then run" question (a markdown solution block) folded into a
+    ``<details>`` element that the reader opens, instead of bare ``### BEGIN SOLUTION`` headings."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = SOLUTION.sub(_folded, cell.source)
+    return nb
+
+
+def _folded(block: re.Match) -> str:
+    """A solution block's lines between its markers, inside ``<details>``."""
+    inner = "\n".join(block[0].splitlines()[1:-1])
+    return f"<details><summary>Reference answer</summary>\n\n{inner}\n\n</details>"
 
 
 def strip_solutions(source: str, cell_type: str = "code") -> str:

@@ -20,7 +20,7 @@ def is_current(result: object) -> bool:
     """Results in the format ``bench_tables`` reads: a dict of settings with ``runs`` that name their table and row."""
     if not isinstance(result, dict) or not isinstance(result.get("runs"), list) or not result["runs"]:
         return False
-    return {"command", "commit", "iters", "seeds"} <= result.keys() and all(
+    return {"command", "commit", "seeds"} <= result.keys() and all(
         isinstance(r, dict) and set(RUN_FIELDS) <= r.keys() for r in result["runs"]
     )
 
@@ -37,9 +37,9 @@ def bench_html(result: dict) -> str:
     """The section's HTML for results in the current format."""
     runs = result["runs"]
     fp = next((r["fp_AP"] for r in runs if r.get("fp_AP") is not None), None)
+    budget = "budget not fixed yet" if result.get("iters") is None else f"{result['iters']} iterations per unit"
     setting = (
-        f"{result['iters']} iterations per unit, {result.get('calib_images', '?')} calibration images, "
-        f"seeds {', '.join(map(str, result['seeds']))}"
+        f"{budget}, {result.get('calib_images', '?')} calibration images, seeds {', '.join(map(str, result['seeds']))}"
     )
     parts = [
         f"<p>From <code>{html.escape(str(result['command']))}</code> at commit "
@@ -62,7 +62,7 @@ def bench_html(result: dict) -> str:
     if curve.empty:
         parts.append(_note("These results hold no budget curve."))
     else:
-        figure = png_base64(plot_budget_curve(curve, budget=result["iters"]))
+        figure = png_base64(plot_budget_curve(curve, budget=result.get("iters")))
         parts.append(f'<img alt="AP against iterations per unit" src="data:image/png;base64,{figure}">')
     return "\n".join(parts)
 

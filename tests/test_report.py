@@ -12,7 +12,7 @@ from test_bench import _result, _run
 
 from regptq_lite.bench import CURVE_ITERS
 from regptq_lite.learning_path import MINUTES_PER_EXERCISE, WORDS_PER_MINUTE, step
-from regptq_lite.notebooks_io import merge_parameters, notebooks
+from regptq_lite.notebooks_io import fold_answers, merge_parameters, notebooks
 from regptq_lite.offline_math import FOLDER, is_mathjax_copy
 from regptq_lite.report_bench import bench_section, is_current
 
@@ -50,6 +50,18 @@ def test_each_page_shows_one_parameters_cell_with_the_values_it_ran_with(fast_re
         assert "celltag_injected-parameters" not in page and "# Parameters" not in page, name
     executed = nbformat.read(fast_report / f"{notebooks()[0].stem}.ipynb", as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)  # papermill's copy
+
+
+def test_written_answers_are_folded_not_shown_as_markers(fast_report):
+    for name, page in _pages(fast_report).items():
+        assert "BEGIN SOLUTION" not in page and "END SOLUTION" not in page, name
+        assert "<summary>Reference answer</summary>" in page, name  # every notebook asks one question
+
+
+def test_fold_answers_keeps_the_answer_inside_details():
+    cell = nbformat.v4.new_markdown_cell("Before.\n\n### BEGIN SOLUTION\nThe *answer*.\n### END SOLUTION\nAfter.")
+    folded = fold_answers(nbformat.v4.new_notebook(cells=[cell])).cells[0].source
+    assert folded == "Before.\n\n<details><summary>Reference answer</summary>\n\nThe *answer*.\n\n</details>\nAfter."
 
 
 def _papermilled(source: str, injected: str, parameters: dict) -> nbformat.NotebookNode:
