@@ -79,28 +79,33 @@ def curve_plan(fast: bool = False) -> list[dict]:
 
 
 def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model: str = DEFAULT_MODEL) -> list[dict]:
-    """Every run after the budget curve, at ``iters`` per unit (only rows whose method is in
-    ``methods``, if given). Models other than the tiny RetinaNet get the methods table only.
-    ``fast``: one seed, and only the first run of each table and row at W2A4."""
+    """Every run after the budget curve, at ``iters`` per unit (only rows whose method is in ``methods``, if
+    given), in the order that makes a half-finished bench most useful: every row at every setting (W2A4 first)
+    with the first seed, then the other seeds at W2A4 and W3A3, the ablation, the filter grid, and the other seeds at
+    W4A4 and W4A8. Models other than the tiny RetinaNet get the methods table only. ``fast``: one seed, and
+    only the first run of each table and row at W2A4."""
     seeds = FAST["seeds"] if fast else SEEDS
-    runs = []
-    for label, (method, head, overrides) in ROWS.items():
-        reconstructs = METHODS[method].reconstruct
-        for bits in BITS:
-            for seed in seeds if reconstructs else seeds[:1]:
-                runs.append(_run("methods", label, method, bits, seed, iters, head=head, overrides=overrides))
-    runs.append(_run("methods", "naive", "naive", (8, 8), 0, iters))
+
+    def methods_runs(bits: tuple[tuple[int, int], ...], chosen: tuple[int, ...]) -> list[dict]:
+        return [
+            _run("methods", label, method, b, seed, iters, head=head, overrides=overrides)
+            for b in bits
+            for label, (method, head, overrides) in ROWS.items()
+            for seed in (chosen if METHODS[method].reconstruct else chosen[:1] if 0 in chosen else ())
+        ]
+
+    runs = methods_runs(BITS, seeds[:1]) + [_run("methods", "naive", "naive", (8, 8), 0, iters)]
+    runs += methods_runs(BITS[:2], seeds[1:])
     if model == DEFAULT_MODEL:
-        for label, (head, overrides) in ABLATION.items():
-            for seed in seeds:
-                runs.append(
-                    _run("ablation", label, "regptq", ABLATION_BITS, seed, iters, head=head, overrides=overrides)
-                )
+        for label, (head, changed) in ABLATION.items():
+            runs += [_run("ablation", label, "regptq", ABLATION_BITS, seed, iters, head=head, overrides=changed)
+                     for seed in seeds]  # fmt: skip
         for theta_c, theta_i in FILTER_GRID:
-            overrides = {"theta_c": theta_c, "theta_i": theta_i}
+            changed = {"theta_c": theta_c, "theta_i": theta_i}
             runs.append(
-                _run("filter", f"{theta_c:g}/{theta_i:g}", "regptq", ABLATION_BITS, 0, iters, overrides=overrides)
+                _run("filter", f"{theta_c:g}/{theta_i:g}", "regptq", ABLATION_BITS, 0, iters, overrides=changed)
             )
+    runs += methods_runs(BITS[2:], seeds[1:])
     if fast:
         runs = [r for r in runs if (r["wbits"], r["abits"]) == ABLATION_BITS and r["row"] in FAST_ROWS]
     if methods is not None:
