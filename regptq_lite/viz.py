@@ -184,7 +184,8 @@ def plot_branch_noise(result: dict[str, list[list[float]]], metric: int = 1) -> 
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     for branch, rows in result.items():
         ax.plot([r[0] for r in rows], [r[metric] for r in rows], "o-", color=STYLE[branch], label=f"{branch} branch")
-    ax.set(xlabel="noise std / weight std", ylabel=("AP", "AP50", "AP75")[metric - 1], title="Noise on one branch")
+    ylabel = ("AP", "AP50", "AP75")[metric - 1]
+    ax.set(xlabel="noise half-width / weight std", ylabel=ylabel, title="Noise on one branch")
     ax.legend()
     fig.tight_layout()
     return fig
