@@ -51,6 +51,7 @@ FAST = {"iters": 3, "calib_images": 8, "seeds": (0,), "curve_iters": (2, 4)}  # 
 ROWS: dict[str, tuple[str, str | None, dict]] = {
     **{name: (name, None, {}) for name in METHODS},
     "regptq (shift form)": ("regptq", None, {"llaq_form": "shift"}),
+    "regptq + QDrop's drop": ("regptq", None, {"drop_prob": 0.5}),  # the paper is silent on it: measured
 }
 # Reg-PTQ with one part changed: label -> (head weights, overrides)
 ABLATION: dict[str, tuple[str | None, dict]] = {
