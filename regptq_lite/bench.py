@@ -20,6 +20,7 @@ whichever commit it ran. The tables are made by ``bench_tables``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -213,10 +214,14 @@ def _calibrate(spec: dict, calib_images: int, model: str) -> dict:
 
 
 def run_bench(
-    fast: bool = False, out_dir: Path | None = None, methods: list[str] | None = None, model: str = DEFAULT_MODEL
+    fast: bool = False,
+    out_dir: Path | None = None,
+    methods: list[str] | None = None,
+    model: str = DEFAULT_MODEL,
+    after_run: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run (or resume) every benchmark of ``model``; write its JSON (``result_name``) to ``out_dir``
-    after every run, and return it."""
+    after every run (then call ``after_run`` with the result so far), and return it."""
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     calib_images = FAST["calib_images"] if fast else CALIB_IMAGES
@@ -254,6 +259,8 @@ def run_bench(
             runs.append({**done[k], "table": spec["table"], "row": spec["row"]})
             result["runs"].append(runs[-1])
             write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+            if after_run is not None:
+                after_run(result)
         return runs
 
     curve = [s for s in curve_plan(fast) if methods is None or s["method"] in methods]

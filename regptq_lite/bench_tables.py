@@ -183,6 +183,8 @@ def markdown(result: dict) -> str:
         f"Runs: {len(frame)} of the {planned} planned"
         + ("." if len(frame) >= planned else " (an unfinished bench: the rest is blank)."),
         "",
+        *[f"- {line}" for line in findings(result)],
+        "",
         f"## Methods x bits, {model}, full quantization (FP AP {fp:.1f}; mean, min-max over seeds)",
         "",
         *_markdown_table(methods_table(result)),
@@ -200,6 +202,11 @@ def markdown(result: dict) -> str:
         curve = budget_curve(result)
         curve.columns = [f"{m} {s}" for m, s in curve.columns]
         lines += _markdown_table(curve, digits=1)
+        undecided = undecided_by_budget(result)
+        if not undecided.empty:
+            undecided.columns = [f"{m} {s}" for m, s in undecided.columns]
+            lines += ["", "Share of learned roundings still undecided when soft rounding ended (mean over units):", ""]
+            lines += _markdown_table(undecided, digits=3)
         lines += ["", "## Ablation at W2A4 (Reg-PTQ with one part changed)", ""]
         lines += _markdown_table(ablation_table(result))
         lines += ["", "## Filter thresholds (Reg-PTQ, W2A4, seed 0): rows theta_C, columns theta_I", ""]
@@ -233,6 +240,12 @@ def findings(result: dict) -> list[str]:
             out.append(f"The budget curve fixed {budget} iterations per unit: doubling to {later[0]} gains {gains} AP.")
         else:
             out.append(f"The budget curve found no doubling that gains less than 0.5 AP: the budget is {budget}.")
+    elif not curve.empty:
+        gains = [f"{m} {s} {curve[(m, s)].dropna().index[-2]}->{curve[(m, s)].dropna().index[-1]} "
+                 f"{curve[(m, s)].dropna().diff().iloc[-1]:+.1f}"
+                 for m, s in curve.columns if curve[(m, s)].count() > 1]  # fmt: skip
+        if gains:
+            out.append(f"The budget curve is unfinished; the last doubling so far gains: {', '.join(gains)} AP.")
     stats = seed_stats(runs_frame(result), "methods").set_index(["row", "setting"])
     for _, lead in leads(result).iterrows():
         mine = stats.loc[(lead["row"], lead["setting"])]

@@ -160,8 +160,15 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(sorted(unknown))}; expected some of {', '.join(METHODS)}")
     path = out / result_name(args.model)
-    text = markdown(run_bench(fast=args.fast, out_dir=out, methods=args.methods, model=args.model))
-    write_atomic(path.with_suffix(".md"), lambda tmp: tmp.write_text(text))
+
+    def write_markdown(result: dict) -> str:
+        text = markdown(result)
+        write_atomic(path.with_suffix(".md"), lambda tmp: tmp.write_text(text))
+        return text
+
+    text = write_markdown(
+        run_bench(fast=args.fast, out_dir=out, methods=args.methods, model=args.model, after_run=write_markdown)
+    )
     print(text)
     print(f"wrote {path} and {path.with_suffix('.md')}")
 

@@ -117,6 +117,17 @@ def test_markdown_renders_every_table():
     assert "12.3" in text and "500 iterations per unit" in text and "`abc` (6)" in text
 
 
+def test_an_unfinished_curve_reports_its_last_doublings_and_undecided_roundings():
+    units = [{"unit": "backbone.stem", "undecided": 0.5}, {"unit": "head.cls", "undecided": 0.3}]
+    runs = [_run("budget", "brecq", 2, 4, 0, ap, iters=n, units=units) for n, ap in [(125, 40.0), (250, 43.5)]]
+    runs += [_run("budget", "qdrop", 2, 4, 0, 41.0, iters=125, units=units)]
+    result = {**_result(runs), "iters": None}
+    text = markdown(result)
+    assert "The budget curve is unfinished; the last doubling so far gains: brecq W2A4 125->250 +3.5 AP." in text
+    assert "qdrop W2A4 125->" not in text  # one point is no doubling
+    assert "| 125 | 0.400 | 0.400 |" in text  # mean share over units, per budget and method
+
+
 def test_a_second_model_gets_the_methods_table_in_its_own_file():
     runs = plan(500, model="tiny_fasterrcnn")
     assert {r["table"] for r in runs} == {"methods"}
@@ -137,8 +148,10 @@ def test_an_interrupted_bench_resumes_runs_of_the_same_code_only(tmp_path, monke
     monkeypatch.setattr(bench, "quantizer_mse", lambda: [])
     monkeypatch.setattr(bench, "cost_table", lambda model, images: [])
     monkeypatch.setattr(bench, "code_fingerprint", lambda: "one")
-    first = bench.run_bench(fast=True, out_dir=tmp_path)
+    seen = []
+    first = bench.run_bench(fast=True, out_dir=tmp_path, after_run=lambda result: seen.append(len(result["runs"])))
     assert len(calls) == len(first["runs"]) > 0
+    assert seen == list(range(1, len(first["runs"]) + 1))  # told after every run, so bench.md follows the JSON
     assert all(r["code"] == "one" for r in json.loads((tmp_path / "bench.json").read_text())["runs"])
     bench.run_bench(fast=True, out_dir=tmp_path)
     assert len(calls) == len(first["runs"])  # every run reused
