@@ -82,6 +82,20 @@ def leads(result: dict) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def against(result: dict, table: str, rows: list[str], reference: str) -> pd.DataFrame:
+    """Each of ``rows`` of ``table`` against its ``reference`` row, per setting where both ran: both as
+    mean (min-max), the gap in mean AP and the verdict by the seed-spread rule."""
+    stats = seed_stats(runs_frame(result), table).set_index(["row", "setting"])
+    out = []
+    for row in rows:
+        for setting in SETTINGS:
+            if (row, setting) in stats.index and (reference, setting) in stats.index:
+                a, b = stats.loc[(row, setting)], stats.loc[(reference, setting)]
+                out.append({"row": row, "setting": setting, "AP": _spread(a), reference: _spread(b),
+                            "gap": a["mean"] - b["mean"], "verdict": verdict(a, b)})  # fmt: skip
+    return pd.DataFrame(out, columns=["row", "setting", "AP", reference, "gap", "verdict"])
+
+
 def budget_curve(result: dict) -> pd.DataFrame:
     """AP against iterations per unit: index iterations, columns (method, setting)."""
     frame = runs_frame(result)
