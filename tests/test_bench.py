@@ -21,7 +21,16 @@ from regptq_lite.bench import (
     plan,
     result_name,
 )
-from regptq_lite.bench_tables import ablation_table, filter_table, leads, markdown, methods_table, timing, verdict
+from regptq_lite.bench_tables import (
+    ablation_table,
+    against,
+    filter_table,
+    leads,
+    markdown,
+    methods_table,
+    timing,
+    verdict,
+)
 
 
 def test_plan_covers_every_table_and_shares_identical_runs():
@@ -105,6 +114,17 @@ def test_ablation_and_filter_tables():
     assert table.loc["no global loss (L_H only)", "against Reg-PTQ"] == "behind" and table["n"].tolist() == [3, 3]
     grid = filter_table(result)
     assert grid.loc["0.0002", "0.1"] == 33.0 and grid.loc["0", "0"] == 32.0 and pd.isna(grid.loc["0.01", "0.1"])
+
+
+def test_a_row_against_its_reference_where_both_ran():
+    runs = [_run("methods", "regptq", 2, 4, s, 40.0 + s) for s in range(3)]
+    runs += [_run("methods", "regptq (shift form)", 2, 4, s, 36.0 + s / 10) for s in range(3)]
+    runs += [_run("methods", "regptq (shift form)", 4, 4, 0, 60.0)]  # no reference at W4A4: no row
+    table = against(_result(runs), "methods", ["regptq (shift form)"], "regptq")
+    assert table[["setting", "AP", "regptq", "verdict"]].values.tolist() == [
+        ["W2A4", "36.1 (36.0-36.2)", "41.0 (40.0-42.0)", "behind"]
+    ]
+    assert table["gap"].iloc[0] == pytest.approx(-4.9)
 
 
 def test_markdown_renders_every_table():
