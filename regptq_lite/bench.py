@@ -14,12 +14,14 @@ For the tiny RetinaNet (``--model tiny_fasterrcnn``: the methods table only, in 
 Each finished run is written at once with the commit it ran at, so an interrupted bench resumes where
 it stopped: a run with the same settings and the same code fingerprint (``provenance.code_fingerprint``:
 the computing modules, the checkpoints, torch) is reused, whichever table asked for it first and at
-whichever commit it ran. The tables are made by ``bench_tables``.
+whichever commit it ran. Several processes can share one bench (one per core; ``bench_share``). The tables
+are made by ``bench_tables``.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import torch
 import torchvision
 
 from .atomic import write_atomic
+from .bench_share import claim, locked, read_runs
 from .cost import cost_table
 from .detectors import DATA_DIR, load_checkpoint
 from .fgic import THETA_C, THETA_I
@@ -46,6 +49,7 @@ CURVE_ITERS = (125, 250, 500, 1000, 2000)
 CURVE_METHODS = ("brecq", "qdrop", "regptq")
 CURVE_BITS = ((2, 4), (4, 4))
 CONVERGED_GAIN = 0.5  # AP: the budget is where doubling the iterations gains less than this
+WAIT_SECONDS = 30  # how often a process with nothing left to claim looks for the others' results
 FAST = {"iters": 3, "calib_images": 8, "seeds": (0,), "curve_iters": (2, 4)}  # a smoke run: one case a table
 
 # Rows of the methods table: label -> (method, head weights, reconstruction overrides)
@@ -227,11 +231,7 @@ def run_bench(
     calib_images = FAST["calib_images"] if fast else CALIB_IMAGES
     commit, code = git_commit(), code_fingerprint()
     path = out_dir / result_name(model)
-    done: dict[str, dict] = {}
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        if previous.get("fast") == fast:
-            done = {r["key"]: r for r in previous.get("runs", []) if r.get("code") == code and "key" in r}
+    done = read_runs(path, fast, code)  # key -> run, from this process or any other sharing the file
     result = {
         "command": command_line(),
         "commit": commit,
@@ -250,18 +250,40 @@ def run_bench(
     if not fast and model == DEFAULT_MODEL:
         result["cost"].update(torchvision_costs())
 
-    def execute(specs: list[dict], desc: str) -> list[dict]:
-        runs = []
-        for spec in progress(specs, desc=desc, unit="run"):
-            k = key(spec, calib_images)
-            if k not in done:
-                done[k] = {**_calibrate(spec, calib_images, model), "key": k, "commit": commit, "code": code}
-            runs.append({**done[k], "table": spec["table"], "row": spec["row"]})
-            result["runs"].append(runs[-1])
+    scheduled: list[dict] = []  # every run asked for so far, in plan order
+
+    def save() -> None:
+        """Merge what other processes wrote, write the results, tell ``after_run``."""
+        with locked(path):
+            done.update(read_runs(path, fast, code))
+            result["runs"] = [{**done[k], "table": s["table"], "row": s["row"]}
+                              for s in scheduled if (k := key(s, calib_images)) in done]  # fmt: skip
             write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
             if after_run is not None:
                 after_run(result)
-        return runs
+
+    def execute(specs: list[dict], desc: str) -> list[dict]:
+        """Every run of ``specs``: reused, computed here, or, while another process holds it, waited for."""
+        scheduled.extend(specs)
+        keys = [key(s, calib_images) for s in specs]
+        bar = progress(None, total=len(specs), desc=desc, unit="run")
+        while True:
+            done.update(read_runs(path, fast, code))
+            bar.update(sum(k in done for k in keys) - bar.n)
+            todo = [(spec, k) for spec, k in zip(specs, keys) if k not in done]
+            if not todo:
+                break
+            for spec, k in todo:
+                with claim(path, f"{code} {k}") as mine:
+                    if mine and k not in read_runs(path, fast, code):
+                        done[k] = {**_calibrate(spec, calib_images, model), "key": k, "commit": commit, "code": code}
+                        save()
+                        break
+            else:
+                time.sleep(WAIT_SECONDS)  # every run left is another process's: wait for its result
+        bar.close()
+        save()
+        return [{**done[k], "table": s["table"], "row": s["row"]} for s, k in zip(specs, keys)]
 
     curve = [s for s in curve_plan(fast) if methods is None or s["method"] in methods]
     if model == DEFAULT_MODEL and curve:

@@ -1,11 +1,14 @@
 import json
 import shutil
 import subprocess
+import sys
+import threading
+import time
 
 import pandas as pd
 import pytest
 
-from regptq_lite import bench, provenance
+from regptq_lite import bench, bench_share, provenance
 from regptq_lite.bench import (
     ABLATION,
     BITS,
@@ -171,13 +174,60 @@ def test_an_interrupted_bench_resumes_runs_of_the_same_code_only(tmp_path, monke
     seen = []
     first = bench.run_bench(fast=True, out_dir=tmp_path, after_run=lambda result: seen.append(len(result["runs"])))
     assert len(calls) == len(first["runs"]) > 0
-    assert seen == list(range(1, len(first["runs"]) + 1))  # told after every run, so bench.md follows the JSON
+    assert seen[-1] == len(first["runs"]) and seen == sorted(seen)  # told after every run: bench.md follows
     assert all(r["code"] == "one" for r in json.loads((tmp_path / "bench.json").read_text())["runs"])
     bench.run_bench(fast=True, out_dir=tmp_path)
     assert len(calls) == len(first["runs"])  # every run reused
     monkeypatch.setattr(bench, "code_fingerprint", lambda: "two")
     bench.run_bench(fast=True, out_dir=tmp_path)
     assert len(calls) == 2 * len(first["runs"])  # new code: every run again
+
+
+def test_two_processes_share_one_bench_and_compute_each_run_once(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(spec, calib_images, model):
+        calls.append(key(spec, calib_images))
+        time.sleep(0.02)  # long enough for the other to try the same run
+        return _run(spec["table"], spec["row"], spec["wbits"], spec["abits"], spec["seed"], 10.0, spec["iters"])
+
+    monkeypatch.setattr(bench, "_calibrate", fake)
+    monkeypatch.setattr(bench, "quantizer_mse", lambda: [])
+    monkeypatch.setattr(bench, "cost_table", lambda model, images: [])
+    monkeypatch.setattr(bench, "code_fingerprint", lambda: "one")
+    monkeypatch.setattr(bench, "WAIT_SECONDS", 0.01)
+    results = []
+    workers = [threading.Thread(target=lambda: results.append(bench.run_bench(fast=True, out_dir=tmp_path)))
+               for _ in range(2)]  # fmt: skip
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=60)
+    assert len(results) == 2
+    assert len(calls) == len(set(calls)) == len({r["key"] for r in results[0]["runs"]})  # each run once
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert (
+        [r["key"] for r in written["runs"]]
+        == [r["key"] for r in results[0]["runs"]]
+        == [r["key"] for r in results[1]["runs"]]
+    )
+    assert not any(bench_share.claims_dir(tmp_path / "bench.json").iterdir())  # no claim left behind
+
+
+def test_a_run_held_by_a_killed_process_is_free_again(tmp_path):
+    results = tmp_path / "bench.json"
+    holder = (
+        "import time; from pathlib import Path; from regptq_lite.bench_share import claim\n"
+        f"with claim(Path({str(results)!r}), 'run A') as mine:\n"
+        "    print(mine, flush=True); time.sleep(60)"
+    )
+    with subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout.readline().strip() == "True"
+        with bench_share.claim(results, "run A") as mine, bench_share.claim(results, "run B") as other:
+            assert not mine and other  # A is held by the other process, B is free
+        proc.kill()
+    with bench_share.claim(results, "run A") as mine:
+        assert mine  # the kernel released the dead process's lock
 
 
 def test_the_fingerprint_follows_computing_code_not_presentation(tmp_path, monkeypatch):

@@ -1,0 +1,76 @@
+"""One bench, several processes: start ``python -m regptq_lite bench`` once per core (each with
+``OMP_NUM_THREADS=1``) and they share the work through the results file.
+
+A process claims a run before computing it (``claim``: an exclusive lock on a file named after the run's
+key, released by the kernel if the process dies, so a killed process never blocks a run) and merges what the
+others wrote whenever it reads or writes the results (``read_runs``, ``locked``). Where ``fcntl`` is missing
+(Windows) every claim succeeds: one process at a time, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no sharing
+    fcntl = None
+
+
+def claims_dir(results: Path) -> Path:
+    """Where the claims of ``results``' runs live: a hidden folder beside it (ignored by git)."""
+    return results.parent / f".{results.stem}-claims"
+
+
+@contextmanager
+def claim(results: Path, key: str) -> Iterator[bool]:
+    """Hold run ``key`` while the block runs; yields False if another live process holds it."""
+    if fcntl is None:
+        yield True
+        return
+    folder = claims_dir(results)
+    folder.mkdir(exist_ok=True)
+    path = folder / hashlib.sha256(key.encode()).hexdigest()[:16]
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            path.unlink(missing_ok=True)  # before the lock goes: a later claimant re-reads the results first
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def locked(results: Path) -> Iterator[None]:
+    """No other process reads-and-writes ``results`` while the block runs."""
+    if fcntl is None:
+        yield
+        return
+    results.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(claims_dir(results).with_suffix(".lock"), os.O_CREAT | os.O_WRONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_runs(results: Path, fast: bool, code: str) -> dict[str, dict]:
+    """The finished runs in ``results`` (by key) that this code would compute the same way."""
+    if not results.is_file():
+        return {}
+    previous = json.loads(results.read_text())
+    if previous.get("fast") != fast:
+        return {}
+    return {r["key"]: r for r in previous.get("runs", []) if r.get("code") == code and "key" in r}
