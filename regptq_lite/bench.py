@@ -231,7 +231,7 @@ def run_bench(
     calib_images = FAST["calib_images"] if fast else CALIB_IMAGES
     commit, code = git_commit(), code_fingerprint()
     path = out_dir / result_name(model)
-    done = read_runs(path, fast, code)  # key -> run, from this process or any other sharing the file
+    done = {r["key"]: r for r in read_runs(path, fast, code)}  # from this process or any other sharing the file
     result = {
         "command": command_line(),
         "commit": commit,
@@ -255,9 +255,12 @@ def run_bench(
     def save() -> None:
         """Merge what other processes wrote, write the results, tell ``after_run``."""
         with locked(path):
-            done.update(read_runs(path, fast, code))
+            written = read_runs(path, fast, code)
+            done.update((r["key"], r) for r in written)
             result["runs"] = [{**done[k], "table": s["table"], "row": s["row"]}
                               for s in scheduled if (k := key(s, calib_images)) in done]  # fmt: skip
+            mine = {(r["key"], r["table"], r["row"]) for r in result["runs"]}
+            result["runs"] += [r for r in written if (r["key"], r["table"], r["row"]) not in mine]  # others' plans
             write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
             if after_run is not None:
                 after_run(result)
@@ -268,14 +271,14 @@ def run_bench(
         keys = [key(s, calib_images) for s in specs]
         bar = progress(None, total=len(specs), desc=desc, unit="run")
         while True:
-            done.update(read_runs(path, fast, code))
+            done.update((r["key"], r) for r in read_runs(path, fast, code))
             bar.update(sum(k in done for k in keys) - bar.n)
             todo = [(spec, k) for spec, k in zip(specs, keys) if k not in done]
             if not todo:
                 break
             for spec, k in todo:
                 with claim(path, f"{code} {k}") as mine:
-                    if mine and k not in read_runs(path, fast, code):
+                    if mine and k not in {r["key"] for r in read_runs(path, fast, code)}:
                         done[k] = {**_calibrate(spec, calib_images, model), "key": k, "commit": commit, "code": code}
                         save()
                         break

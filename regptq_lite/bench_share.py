@@ -66,11 +66,11 @@ def locked(results: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def read_runs(results: Path, fast: bool, code: str) -> dict[str, dict]:
-    """The finished runs in ``results`` (by key) that this code would compute the same way."""
+def read_runs(results: Path, fast: bool, code: str) -> list[dict]:
+    """The finished runs in ``results`` that this code would compute the same way."""
     if not results.is_file():
-        return {}
+        return []
     previous = json.loads(results.read_text())
     if previous.get("fast") != fast:
-        return {}
-    return {r["key"]: r for r in previous.get("runs", []) if r.get("code") == code and "key" in r}
+        return []
+    return [r for r in previous.get("runs", []) if r.get("code") == code and "key" in r]

@@ -212,6 +212,11 @@ def test_two_processes_share_one_bench_and_compute_each_run_once(tmp_path, monke
         == [r["key"] for r in results[1]["runs"]]
     )
     assert not any(bench_share.claims_dir(tmp_path / "bench.json").iterdir())  # no claim left behind
+    foreign = {**_run("lr", "brecq 500 it", 2, 4, 0, 50.0), "key": "a later plan's run", "code": "one"}
+    written["runs"].append(foreign)
+    (tmp_path / "bench.json").write_text(json.dumps(written))
+    bench.run_bench(fast=True, out_dir=tmp_path)  # a process whose plan does not have it
+    assert foreign in json.loads((tmp_path / "bench.json").read_text())["runs"]
 
 
 def test_a_run_held_by_a_killed_process_is_free_again(tmp_path):
