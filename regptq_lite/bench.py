@@ -8,6 +8,7 @@ For the tiny RetinaNet (``--model tiny_fasterrcnn``: the methods table only, in 
   naive W8A8; three seeds for every reconstruction method (``SEEDS``);
 - ``ablation``: Reg-PTQ at W2A4 with one part changed at a time, three seeds each;
 - ``filter``: the filter thresholds around the defaults (the paper's Table 2 question), one seed;
+- ``step size``: the curve's methods at W2A4 with AdaRound's learning rate scaled up (``STEP_SIZES``);
 - the weight MSE of LLAQ vs uniform quantizers and the cost table of the tiny detector and
   torchvision's R50-FPN detectors.
 
@@ -67,7 +68,10 @@ ABLATION: dict[str, tuple[str | None, dict]] = {
     "LLAQ rounded to nearest": (None, {"llaq_rounding": "nearest"}),
 }
 ABLATION_BITS = (2, 4)
-FAST_ROWS = ("naive", "regptq", "no global loss (L_H only)", "0.0002/0.5")
+# Is the budget a distance? Adam moves AdaRound's V by at most about lr per step, so the curve's methods at
+# W2A4 (seed 0) again with lr x iterations as at 2000 x 1e-3, and 4x and 10x that (BRECQ's 20k x 1e-3).
+STEP_SIZES = ((500, 4e-3), (500, 1.6e-2), (500, 4e-2), (2000, 1e-2))  # (iterations per unit, AdaRound lr)
+FAST_ROWS = ("naive", "regptq", "no global loss (L_H only)", "0.0002/0.5", "brecq 3 x 0.004")
 FILTER_GRID = ((5e-5, 0.1), (2e-4, 0.1), (1e-2, 0.1), (2e-4, 0.5), (0.0, 0.0))  # (theta_C, theta_I)
 
 
@@ -88,8 +92,8 @@ def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model
     """Every run after the budget curve, at ``iters`` per unit (only rows whose method is in ``methods``, if
     given), in the order that makes a half-finished bench most useful: every row at every setting (W2A4 first)
     with the first seed, then the other seeds at W2A4 and W3A3, the ablation, the filter grid, and the other seeds at
-    W4A4 and W4A8. Models other than the tiny RetinaNet get the methods table only. ``fast``: one seed, and
-    only the first run of each table and row at W2A4."""
+    W4A4 and W4A8; first of all, the step-size runs (``STEP_SIZES``). Models other than the tiny RetinaNet get
+    the methods table only. ``fast``: one seed, and only the first run of each table and row at W2A4."""
     seeds = FAST["seeds"] if fast else SEEDS
 
     def methods_runs(bits: tuple[tuple[int, int], ...], chosen: tuple[int, ...]) -> list[dict]:
@@ -100,7 +104,13 @@ def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model
             for seed in (chosen if METHODS[method].reconstruct else chosen[:1] if 0 in chosen else ())
         ]
 
-    runs = methods_runs(BITS, seeds[:1]) + [_run("methods", "naive", "naive", (8, 8), 0, iters)]
+    steps = [(FAST["iters"], lr) for _, lr in STEP_SIZES[:1]] if fast else STEP_SIZES
+    runs = [] if model != DEFAULT_MODEL else [
+        _run("step size", f"{method} {n} x {lr:g}", method, ABLATION_BITS, 0, n, overrides={"weight_lr": lr})
+        for n, lr in steps
+        for method in CURVE_METHODS
+    ]  # fmt: skip
+    runs += methods_runs(BITS, seeds[:1]) + [_run("methods", "naive", "naive", (8, 8), 0, iters)]
     runs += methods_runs(BITS[:2], seeds[1:])
     if model == DEFAULT_MODEL:
         for label, (head, changed) in ABLATION.items():

@@ -11,7 +11,19 @@ from collections import Counter
 
 import pandas as pd
 
-from .bench import ABLATION, BITS, CURVE_ITERS, DEFAULT_MODEL, FILTER_GRID, ROWS, SEEDS, curve_plan, plan
+from .bench import (
+    ABLATION,
+    ABLATION_BITS,
+    BITS,
+    CURVE_ITERS,
+    DEFAULT_MODEL,
+    FILTER_GRID,
+    ROWS,
+    SEEDS,
+    STEP_SIZES,
+    curve_plan,
+    plan,
+)
 
 SETTINGS = [f"W{w}A{a}" for w, a in BITS] + ["W8A8"]
 REGPTQ = "regptq"
@@ -101,6 +113,30 @@ def budget_curve(result: dict) -> pd.DataFrame:
     frame = runs_frame(result)
     curve = frame[frame.table == "budget"]
     return curve.pivot_table(index="iters", columns=["method", "setting"], values="AP", aggfunc="first")
+
+
+def _undecided(run: dict) -> float:
+    units = run.get("units") or [{}]
+    return sum(u.get("undecided", float("nan")) for u in units) / len(units)
+
+
+def step_size_table(result: dict) -> pd.DataFrame:
+    """AP and the share of roundings left undecided by AdaRound's learning rate: each step-size run beside the
+    budget curve's runs at the same setting and iterations (lr 1e-3); index (iters, lr, lr x iters), columns
+    (AP or undecided, method)."""
+    iters = {n for n, _ in STEP_SIZES}
+    rows = [
+        {"iters": r["iters"], "lr": r["settings"]["weight_lr"], "lr x iters": r["settings"]["weight_lr"] * r["iters"],
+         "method": r["method"], "AP": r["AP"], "undecided": _undecided(r)}
+        for r in result["runs"]
+        if "settings" in r and (r.get("table") == "step size" or (
+            r.get("table") == "budget" and r["iters"] in iters and (r["wbits"], r["abits"]) == ABLATION_BITS))
+    ]  # fmt: skip
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows).pivot_table(index=["iters", "lr", "lr x iters"], columns="method",
+                                           values=["AP", "undecided"], aggfunc="first")  # fmt: skip
+    return frame.sort_index(level=["lr x iters", "iters"])
 
 
 def ablation_table(result: dict) -> pd.DataFrame:
@@ -221,6 +257,11 @@ def markdown(result: dict) -> str:
             undecided.columns = [f"{m} {s}" for m, s in undecided.columns]
             lines += ["", "Share of learned roundings still undecided when soft rounding ended (mean over units):", ""]
             lines += _markdown_table(undecided, digits=3)
+        steps = step_size_table(result)
+        if not steps.empty:
+            steps.columns = [f"{value} {method}" for value, method in steps.columns]
+            lines += ["", "## Step size: AdaRound's learning rate x iterations (W2A4, seed 0)", ""]
+            lines += _markdown_table(steps, digits=3)
         lines += ["", "## Ablation at W2A4 (Reg-PTQ with one part changed)", ""]
         lines += _markdown_table(ablation_table(result))
         lines += ["", "## Filter thresholds (Reg-PTQ, W2A4, seed 0): rows theta_C, columns theta_I", ""]

@@ -18,6 +18,7 @@ from regptq_lite.bench import (
     FILTER_GRID,
     ROWS,
     SEEDS,
+    STEP_SIZES,
     converged_budget,
     curve_plan,
     key,
@@ -31,6 +32,7 @@ from regptq_lite.bench_tables import (
     leads,
     markdown,
     methods_table,
+    step_size_table,
     timing,
     verdict,
 )
@@ -46,8 +48,12 @@ def test_plan_covers_every_table_and_shares_identical_runs():
     keys = {key(r, CALIB_IMAGES) for r in runs}
     # the ablation's Reg-PTQ rows are the methods table's Reg-PTQ W2A4 runs; the filter grid's default
     # cell is one of them, and its (0, 0) cell is the ablation's "no filter" seed 0
+    # the step-size runs differ from all others by their learning rate
+    steps = [r for r in runs if r["table"] == "step size"]
+    assert runs[: len(steps)] == steps and len(steps) == len(STEP_SIZES) * len(CURVE_METHODS)
+    assert {(r["iters"], r["overrides"]["weight_lr"]) for r in steps} == set(STEP_SIZES)
     assert len(keys) == len(runs) - len(SEEDS) - 2
-    assert all(r["iters"] == 500 for r in runs)
+    assert all(r["iters"] == 500 for r in runs if r["table"] != "step size")
 
 
 def test_the_curve_runs_each_budgets_methods_one_after_the_other():
@@ -106,6 +112,19 @@ def test_tables_show_mean_and_spread_and_the_verdict_against_the_best_baseline()
     assert row["best baseline"] == "qdrop" and row["verdict"] == "lead" and row["gap"] == pytest.approx(2.067, abs=1e-3)
     ratios = timing(result)
     assert len(ratios) == 3 and (ratios["ratio"] == 1.3).all()
+
+
+def test_step_sizes_beside_the_curve_at_the_same_iterations():
+    def run(table, method, iters, lr, ap):
+        row = f"{method} {iters} x {lr:g}"
+        return _run(table, row, 2, 4, 0, ap, iters=iters, method=method, settings={"weight_lr": lr},
+                    units=[{"undecided": 0.5}, {"undecided": 0.3}])  # fmt: skip
+
+    runs = [run("budget", "brecq", 500, 1e-3, 55.0), run("budget", "brecq", 250, 1e-3, 50.0)]
+    runs += [run("step size", "brecq", 500, 4e-3, 60.0), run("budget", "brecq", 500, 1e-3, 44.0) | {"wbits": 4}]
+    table = step_size_table(_result(runs))
+    assert table.index.tolist() == [(500, 1e-3, 0.5), (500, 4e-3, 2.0)]  # W4A4 and 250 iterations left out
+    assert table[("AP", "brecq")].tolist() == [55.0, 60.0] and table[("undecided", "brecq")].iloc[0] == 0.4
 
 
 def test_ablation_and_filter_tables():
