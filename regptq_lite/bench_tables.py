@@ -307,6 +307,11 @@ def findings(result: dict) -> list[str]:
         theirs = stats.loc[(lead["best baseline"], lead["setting"])]
         out.append(f"{lead['setting']}: {lead['row']} {_spread(mine)} against {lead['best baseline']} "
                    f"{_spread(theirs)}, {lead['gap']:+.1f} AP: {lead['verdict']}.")  # fmt: skip
+    steps = step_size_table(result)
+    for product, rows in steps["AP"].groupby(level="lr x iters") if not steps.empty else []:
+        cells = [f"{method} {ap:.1f} at {n} iterations" for (n, _, _), row in rows.iterrows()
+                 for method, ap in row.dropna().items()]  # fmt: skip
+        out.append(f"Step size, AdaRound lr x iterations = {product:g}: {', '.join(cells)}.")
     ablation = ablation_table(result) if any(r.get("table") == "ablation" for r in result["runs"]) else pd.DataFrame()
     for name, row in ablation.iterrows():
         if name != "Reg-PTQ" and "against Reg-PTQ" in row:

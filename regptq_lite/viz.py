@@ -293,6 +293,27 @@ def plot_budget_curve(curve: pd.DataFrame, budget: int | None = None) -> plt.Fig
     return fig
 
 
+def plot_step_sizes(steps: pd.DataFrame) -> plt.Figure:
+    """AP against AdaRound's lr x iterations (``bench_tables.step_size_table``): a colour per method, a marker
+    per iteration count, so that equal products at different budgets sit on one vertical."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    frame = steps["AP"].reset_index()
+    budgets = sorted(frame["iters"].unique())
+    for i, method in enumerate(steps["AP"].columns):
+        for j, n in enumerate(budgets):
+            at = frame[frame["iters"] == n].sort_values("lr x iters")
+            ax.plot(at["lr x iters"], at[method], marker="os^D"[j % 4], ls="-" if j == 0 else "--", color=f"C{i}",
+                    label=f"{method}, {n} iterations")  # fmt: skip
+    ax.set_xscale("log")
+    products = sorted(frame["lr x iters"].unique())
+    ax.set_xticks(products, [f"{p:g}" for p in products])
+    ax.minorticks_off()
+    ax.set(xlabel="AdaRound lr x iterations per unit", ylabel="AP", title="Step size: the budget as a distance")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 PART_COLOURS = {"backbone": "#8da0cb", "neck": "#66c2a5", "class head": "#fc8d62", "box head": "#e78ac3"}
 
 
