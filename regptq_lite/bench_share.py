@@ -22,8 +22,11 @@ except ImportError:  # Windows: no sharing
     fcntl = None
 
 
+LOCK = "lock"  # the file in the claims folder that guards the results file (claims are named by hex digests)
+
+
 def claims_dir(results: Path) -> Path:
-    """Where the claims of ``results``' runs live: a hidden folder beside it (ignored by git)."""
+    """Where the claims of ``results``' runs and its lock live: a hidden folder beside it (ignored by git)."""
     return results.parent / f".{results.stem}-claims"
 
 
@@ -57,8 +60,9 @@ def locked(results: Path) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    results.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(claims_dir(results).with_suffix(".lock"), os.O_CREAT | os.O_WRONLY)
+    folder = claims_dir(results)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_CREAT | os.O_WRONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from regptq_lite import bench, bench_share, provenance
+from regptq_lite.outputs import check_bench_out
 from regptq_lite.bench import (
     ABLATION,
     BITS,
@@ -230,7 +231,10 @@ def test_two_processes_share_one_bench_and_compute_each_run_once(tmp_path, monke
         == [r["key"] for r in results[0]["runs"]]
         == [r["key"] for r in results[1]["runs"]]
     )
-    assert not any(bench_share.claims_dir(tmp_path / "bench.json").iterdir())  # no claim left behind
+    left = [p.name for p in bench_share.claims_dir(tmp_path / "bench.json").iterdir()]
+    assert left == [bench_share.LOCK]  # no claim left behind
+    assert [p.name for p in tmp_path.iterdir() if not p.is_dir()] == ["bench.json"]  # nothing else beside it
+    check_bench_out(tmp_path, "bench.json", default=tmp_path)  # so a later bench may resume there
     foreign = {**_run("lr", "brecq 500 it", 2, 4, 0, 50.0), "key": "a later plan's run", "code": "one"}
     written["runs"].append(foreign)
     (tmp_path / "bench.json").write_text(json.dumps(written))
