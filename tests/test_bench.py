@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from regptq_lite import bench, bench_share, provenance
-from regptq_lite.outputs import check_bench_out
 from regptq_lite.bench import (
     ABLATION,
     BITS,
@@ -37,6 +36,7 @@ from regptq_lite.bench_tables import (
     timing,
     verdict,
 )
+from regptq_lite.outputs import check_bench_out
 
 
 def test_plan_covers_every_table_and_shares_identical_runs():
