@@ -80,6 +80,15 @@ def stats(n, mean, low, high):
     return pd.Series({"n": n, "mean": mean, "min": low, "max": high})
 
 
+def test_the_decided_budget_is_the_curves_else_the_largest(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    assert bench.decided_budget() == CURVE_ITERS[-1]  # no bench yet
+    (tmp_path / "bench.json").write_text(json.dumps({"iters": None, "runs": []}))
+    assert bench.decided_budget() == CURVE_ITERS[-1]  # an unfinished curve
+    (tmp_path / "bench.json").write_text(json.dumps({"iters": 500, "runs": []}))
+    assert bench.decided_budget() == 500
+
+
 def test_a_lead_must_exceed_the_seed_spread_of_both_rows():
     assert verdict(stats(3, 30.0, 29.5, 30.5), stats(3, 28.0, 27.8, 28.2)) == "lead"
     assert verdict(stats(3, 30.0, 29.0, 31.0), stats(3, 28.5, 28.4, 28.6)) == "within the seed spread"
