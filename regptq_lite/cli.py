@@ -83,6 +83,16 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         )
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
 def _integer(text: str) -> int:
     try:
         return int(text)
@@ -113,6 +123,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
             ("global_loss", args.global_loss),
             ("llaq_form", args.llaq_form),
             ("llaq_rounding", args.llaq_rounding),
+            ("weight_lr", args.adaround_lr),
         )
         if value is not None
     }
@@ -290,6 +301,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--theta-c", type=float, default=None, help="FGIC confidence filter (default 2e-4)")
     p.add_argument("--theta-i", type=float, default=None, help="FGIC IoU filter (default 0.1)")
     p.add_argument("--global-loss", action=argparse.BooleanOptionalAction, default=None, help="FGIC's L_G term")
+    p.add_argument(
+        "--adaround-lr",
+        type=_positive_float,
+        default=None,
+        help="Adam's learning rate for the learned roundings (default 1e-3, AdaRound's; see the step-size table)",
+    )
     p.add_argument(
         "--llaq-form", choices=FORMS, default=None, help="LLAQ grid: float k, or the integer shift form (default float)"
     )

@@ -63,6 +63,8 @@ def test_the_entry_point_reports_bad_input_in_one_line(args, needle):
             ("calibrate", "--method", "regptq", "--wbits", "4", "--abits", "4", "--llaq-rounding", "up"),
             "invalid choice",
         ),
+        (("calibrate", "--method", "brecq", "--wbits", "2", "--abits", "4", "--adaround-lr", "0"), "positive number"),
+        (("calibrate", "--method", "brecq", "--wbits", "2", "--abits", "4", "--adaround-lr", "x"), "positive number"),
         ((), "required"),
     ],
 )
