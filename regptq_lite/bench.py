@@ -262,11 +262,16 @@ def run_bench(
 
     scheduled: list[dict] = []  # every run asked for so far, in plan order
 
+    def refresh() -> list[dict]:
+        """The runs in the file now (this process's and the others'), added to ``done``."""
+        written = read_runs(path, fast, code)
+        done.update((r["key"], r) for r in written)
+        return written
+
     def save() -> None:
         """Merge what other processes wrote, write the results, tell ``after_run``."""
         with locked(path):
-            written = read_runs(path, fast, code)
-            done.update((r["key"], r) for r in written)
+            written = refresh()
             result["runs"] = [{**done[k], "table": s["table"], "row": s["row"]}
                               for s in scheduled if (k := key(s, calib_images)) in done]  # fmt: skip
             mine = {(r["key"], r["table"], r["row"]) for r in result["runs"]}
@@ -281,14 +286,14 @@ def run_bench(
         keys = [key(s, calib_images) for s in specs]
         bar = progress(None, total=len(specs), desc=desc, unit="run")
         while True:
-            done.update((r["key"], r) for r in read_runs(path, fast, code))
+            refresh()
             bar.update(sum(k in done for k in keys) - bar.n)
             todo = [(spec, k) for spec, k in zip(specs, keys) if k not in done]
             if not todo:
                 break
             for spec, k in todo:
                 with claim(path, f"{code} {k}") as mine:
-                    if mine and k not in {r["key"] for r in read_runs(path, fast, code)}:
+                    if mine and k not in {r["key"] for r in refresh()}:
                         done[k] = {**_calibrate(spec, calib_images, model), "key": k, "commit": commit, "code": code}
                         save()
                         break

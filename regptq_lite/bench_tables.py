@@ -116,8 +116,9 @@ def budget_curve(result: dict) -> pd.DataFrame:
 
 
 def _undecided(run: dict) -> float:
+    """The run's share of learned roundings still inside (0.05, 0.95) when soft rounding ended, mean over units."""
     units = run.get("units") or [{}]
-    return sum(u.get("undecided", float("nan")) for u in units) / len(units)
+    return sum(u.get("undecided", 0.0) for u in units) / len(units)
 
 
 def step_size_table(result: dict) -> pd.DataFrame:
@@ -328,7 +329,7 @@ def undecided_by_budget(result: dict) -> pd.DataFrame:
     ended, averaged over units; index iterations, columns (method, setting)."""
     rows = [
         {"iters": r["iters"], "method": r["method"], "setting": f"W{r['wbits']}A{r['abits']}",
-         "undecided": sum(u.get("undecided", 0.0) for u in r["units"]) / len(r["units"])}
+         "undecided": _undecided(r)}
         for r in result["runs"] if r.get("table") == "budget" and r.get("units")
     ]  # fmt: skip
     if not rows:
