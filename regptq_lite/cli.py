@@ -101,7 +101,7 @@ def _integer(text: str) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
-    from .bench import CALIB_IMAGES, decided_budget
+    from .bench import CALIB_IMAGES, WEIGHT_LR, decided_budget
     from .detectors import TORCHVISION_DETECTORS
     from .export import save_integer
     from .methods import FAST, calibrate
@@ -112,7 +112,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
         check_export_out(args.save, force=args.force)
     every_image = None if args.model in TORCHVISION_DETECTORS else SPLIT_SIZES["val"]
     quick = FAST if args.fast else {"iters": decided_budget(), "calib_images": CALIB_IMAGES, "val_images": every_image}
-    for key, value in quick.items():
+    for key, value in {**quick, "adaround_lr": WEIGHT_LR}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     overrides = {
@@ -305,7 +305,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--adaround-lr",
         type=_positive_float,
         default=None,
-        help="Adam's learning rate for the learned roundings (default 1e-3, AdaRound's; see the step-size table)",
+        help="Adam's learning rate for the learned roundings (default: the bench's, 1e-2; AdaRound's is 1e-3)",
     )
     p.add_argument(
         "--llaq-form", choices=FORMS, default=None, help="LLAQ grid: float k, or the integer shift form (default float)"

@@ -19,6 +19,7 @@ from regptq_lite.bench import (
     ROWS,
     SEEDS,
     STEP_SIZES,
+    WEIGHT_LR,
     converged_budget,
     curve_plan,
     key,
@@ -55,6 +56,18 @@ def test_plan_covers_every_table_and_shares_identical_runs():
     assert {(r["iters"], r["overrides"]["weight_lr"]) for r in steps} == set(STEP_SIZES)
     assert len(keys) == len(runs) - len(SEEDS) - 2
     assert all(r["iters"] == 500 for r in runs if r["table"] != "step size")
+    # then the verdict: the curve's methods, seed after seed, at W2A4 and W3A3
+    verdict_runs = runs[len(steps) : len(steps) + 2 * len(SEEDS) * len(CURVE_METHODS)]
+    assert [(r["row"], r["wbits"], r["abits"], r["seed"]) for r in verdict_runs] == [
+        (m, *b, seed) for b in BITS[:2] for seed in SEEDS for m in CURVE_METHODS
+    ]
+    # every reconstruction outside the step-size table at the bench's step, naive without one
+    assert all(
+        ("weight_lr" in r["overrides"]) == (r["method"] != "naive")
+        and r["overrides"].get("weight_lr", WEIGHT_LR) == WEIGHT_LR
+        for r in runs
+        if r["table"] != "step size"
+    )
 
 
 def test_the_curve_runs_each_budgets_methods_one_after_the_other():
@@ -245,10 +258,12 @@ def test_two_processes_share_one_bench_and_compute_each_run_once(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir() if not p.is_dir()] == ["bench.json"]  # nothing else beside it
     check_bench_out(tmp_path, "bench.json", default=tmp_path)  # so a later bench may resume there
     foreign = {**_run("lr", "brecq 500 it", 2, 4, 0, 50.0), "key": "a later plan's run", "code": "one"}
-    written["runs"].append(foreign)
+    stale = {**written["runs"][0], "key": "an earlier plan's run in this plan's place", "AP": -1.0}
+    written["runs"] += [foreign, stale]
     (tmp_path / "bench.json").write_text(json.dumps(written))
-    bench.run_bench(fast=True, out_dir=tmp_path)  # a process whose plan does not have it
-    assert foreign in json.loads((tmp_path / "bench.json").read_text())["runs"]
+    bench.run_bench(fast=True, out_dir=tmp_path)  # a plan without the first run, with the second's place
+    runs = json.loads((tmp_path / "bench.json").read_text())["runs"]
+    assert foreign in runs and stale not in runs
 
 
 def test_a_run_held_by_a_killed_process_is_free_again(tmp_path):
