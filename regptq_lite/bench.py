@@ -54,11 +54,11 @@ WAIT_SECONDS = 30  # how often a process with nothing left to claim looks for th
 FAST = {"iters": 3, "calib_images": 8, "seeds": (0,), "curve_iters": (2, 4)}  # a smoke run: one case a table
 
 # Rows of the methods table: label -> (method, head weights, reconstruction overrides)
-ROWS: dict[str, tuple[str, str | None, dict]] = {
-    **{name: (name, None, {}) for name in METHODS},
+VARIANTS: dict[str, tuple[str, str | None, dict]] = {  # Reg-PTQ's rows besides its own
     "regptq (shift form)": ("regptq", None, {"llaq_form": "shift"}),
     "regptq + QDrop's drop": ("regptq", None, {"drop_prob": 0.5}),  # the paper is silent on it: measured
 }
+ROWS: dict[str, tuple[str, str | None, dict]] = {**{name: (name, None, {}) for name in METHODS}, **VARIANTS}
 # Reg-PTQ with one part changed: label -> (head weights, overrides)
 ABLATION: dict[str, tuple[str | None, dict]] = {
     "Reg-PTQ": (None, {}),
@@ -95,7 +95,8 @@ def curve_plan(fast: bool = False) -> list[dict]:
 def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model: str = DEFAULT_MODEL) -> list[dict]:
     """Every run after the budget curve, at ``iters`` per unit (only rows whose method is in ``methods``, if
     given), in the order that makes a half-finished bench most useful: first the step-size runs (``STEP_SIZES``),
-    then the verdict (BRECQ, QDrop and Reg-PTQ with every seed at W2A4, then W3A3), every row at every setting
+    then the verdict (BRECQ, QDrop and Reg-PTQ with every seed at W2A4, Reg-PTQ's ``VARIANTS`` there with the first
+    seed, then the verdict at W3A3), every row at every setting
     (W2A4 first) with the first seed, the other seeds at W2A4 and W3A3, the ablation, the filter grid, and the other
     seeds at W4A4 and W4A8. Reconstruction runs outside the step-size table use ``WEIGHT_LR``. Models other than
     the tiny RetinaNet get the methods table only. ``fast``: one seed, and only the first run of each table and
@@ -119,8 +120,11 @@ def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model
         for n, lr in steps
         for method in CURVE_METHODS
     ]  # fmt: skip
-    # the verdict first: the curve's methods with every seed at W2A4 and W3A3, one seed after the other
-    runs += [r for b in BITS[:2] for seed in seeds for r in methods_runs((b,), (seed,), CURVE_METHODS)]
+    # the verdict first: the curve's methods with every seed, one seed after the other, at W2A4, Reg-PTQ's
+    # variants there (do they change it?), then at W3A3
+    runs += [r for seed in seeds for r in methods_runs(BITS[:1], (seed,), CURVE_METHODS)]
+    runs += methods_runs(BITS[:1], seeds[:1], tuple(VARIANTS))
+    runs += [r for seed in seeds for r in methods_runs(BITS[1:2], (seed,), CURVE_METHODS)]
     runs += methods_runs(BITS, seeds[:1]) + [_run("methods", "naive", "naive", (8, 8), 0, iters)]
     runs += methods_runs(BITS[:2], seeds[1:])
     if model == DEFAULT_MODEL:

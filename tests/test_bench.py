@@ -19,6 +19,7 @@ from regptq_lite.bench import (
     ROWS,
     SEEDS,
     STEP_SIZES,
+    VARIANTS,
     WEIGHT_LR,
     converged_budget,
     curve_plan,
@@ -56,11 +57,11 @@ def test_plan_covers_every_table_and_shares_identical_runs():
     assert {(r["iters"], r["overrides"]["weight_lr"]) for r in steps} == set(STEP_SIZES)
     assert len(keys) == len(runs) - len(SEEDS) - 2
     assert all(r["iters"] == 500 for r in runs if r["table"] != "step size")
-    # then the verdict: the curve's methods, seed after seed, at W2A4 and W3A3
-    verdict_runs = runs[len(steps) : len(steps) + 2 * len(SEEDS) * len(CURVE_METHODS)]
-    assert [(r["row"], r["wbits"], r["abits"], r["seed"]) for r in verdict_runs] == [
-        (m, *b, seed) for b in BITS[:2] for seed in SEEDS for m in CURVE_METHODS
-    ]
+    # then the verdict: the curve's methods, seed after seed, at W2A4, Reg-PTQ's variants there, then W3A3
+    verdict_runs = runs[len(steps) : len(steps) + 2 * len(SEEDS) * len(CURVE_METHODS) + len(VARIANTS)]
+    expected = [(m, *BITS[0], seed) for seed in SEEDS for m in CURVE_METHODS] + [(v, *BITS[0], 0) for v in VARIANTS]
+    expected += [(m, *BITS[1], seed) for seed in SEEDS for m in CURVE_METHODS]
+    assert [(r["row"], r["wbits"], r["abits"], r["seed"]) for r in verdict_runs] == expected
     # every reconstruction outside the step-size table at the bench's step, naive without one
     assert all(
         ("weight_lr" in r["overrides"]) == (r["method"] != "naive")
