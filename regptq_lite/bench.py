@@ -328,6 +328,7 @@ def run_bench(
     curve = [s for s in curve_plan(fast) if methods is None or s["method"] in methods]
     if model == DEFAULT_MODEL and curve:
         result["iters"] = converged_budget(execute(curve, "budget curve"))
+        save()  # the budget, before the first run of the plan ends
     else:
         result["iters"] = FAST["iters"] if fast else decided_budget()
     execute(plan(result["iters"], fast, methods, model), f"bench {model}")

@@ -208,17 +208,20 @@ def test_an_interrupted_bench_resumes_runs_of_the_same_code_only(tmp_path, monke
 
     def fake(spec, calib_images, model):
         calls.append(spec["row"])
+        if spec["table"] != "budget" and (tmp_path / "bench.json").is_file():  # the file holds the budget already
+            budgets.append(json.loads((tmp_path / "bench.json").read_text())["iters"])
         return _run(spec["table"], spec["row"], spec["wbits"], spec["abits"], spec["seed"], 10.0, spec["iters"])
 
     monkeypatch.setattr(bench, "_calibrate", fake)
     monkeypatch.setattr(bench, "quantizer_mse", lambda: [])
     monkeypatch.setattr(bench, "cost_table", lambda model, images: [])
     monkeypatch.setattr(bench, "code_fingerprint", lambda: "one")
-    seen = []
+    seen, budgets = [], []
     first = bench.run_bench(fast=True, out_dir=tmp_path, after_run=lambda result: seen.append(len(result["runs"])))
     assert len(calls) == len(first["runs"]) > 0
     assert seen[-1] == len(first["runs"]) and seen == sorted(seen)  # told after every run: bench.md follows
     assert all(r["code"] == "one" for r in json.loads((tmp_path / "bench.json").read_text())["runs"])
+    assert budgets and None not in budgets
     bench.run_bench(fast=True, out_dir=tmp_path)
     assert len(calls) == len(first["runs"])  # every run reused
     monkeypatch.setattr(bench, "code_fingerprint", lambda: "two")
