@@ -166,10 +166,12 @@ def filter_table(result: dict) -> pd.DataFrame:
 
 
 def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.DataFrame:
-    """Calibration wall time of ``method`` over ``baseline`` at the same setting, seed and budget, wherever
-    the bench ran both (the budget curve runs them one after the other)."""
+    """Calibration wall time of ``method`` over ``baseline`` at the same setting, seed and budget, from the
+    budget curve, which runs each budget's methods one after the other in one process for this; a bench without a
+    curve (the tiny Faster R-CNN's) from its methods table, whose runs share the machine with whatever else ran."""
     frame = runs_frame(result)
-    runs = frame[frame.table.isin(["budget", "methods"])].drop_duplicates(["row", "setting", "seed", "iters"])
+    timed = "budget" if (frame.table == "budget").any() else "methods"
+    runs = frame[frame.table == timed].drop_duplicates(["row", "setting", "seed", "iters"])
     pairs = runs[runs.row == method].merge(runs[runs.row == baseline], on=["setting", "seed", "iters"])
     return pd.DataFrame({
         "setting": pairs["setting"], "seed": pairs["seed"], "iters": pairs["iters"],

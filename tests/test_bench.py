@@ -136,6 +136,8 @@ def test_tables_show_mean_and_spread_and_the_verdict_against_the_best_baseline()
     assert row["best baseline"] == "qdrop" and row["verdict"] == "lead" and row["gap"] == pytest.approx(2.067, abs=1e-3)
     ratios = timing(result)
     assert len(ratios) == 3 and (ratios["ratio"] == 1.3).all()
+    curve = [_run("budget", m, 2, 4, 0, 30.0, seconds=s) for m, s in (("brecq", 10.0), ("regptq", 12.0))]
+    assert timing(_result(runs + curve))["ratio"].tolist() == [1.2]  # the curve's pair, run one after the other
 
 
 def test_step_sizes_beside_the_curve_at_the_same_iterations():
