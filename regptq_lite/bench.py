@@ -96,11 +96,10 @@ def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model
     """Every run after the budget curve, at ``iters`` per unit (only rows whose method is in ``methods``, if
     given), in the order that makes a half-finished bench most useful: first the step-size runs (``STEP_SIZES``),
     then the verdict (BRECQ, QDrop and Reg-PTQ with every seed at W2A4, Reg-PTQ's ``VARIANTS`` there with the first
-    seed, then the verdict at W3A3), every row at every setting
-    (W2A4 first) with the first seed, the other seeds at W2A4 and W3A3, the ablation, the filter grid, and the other
-    seeds at W4A4 and W4A8. Reconstruction runs outside the step-size table use ``WEIGHT_LR``. Models other than
-    the tiny RetinaNet get the methods table only. ``fast``: one seed, and only the first run of each table and
-    row at W2A4."""
+    seed, then the verdict at W3A3), every row at every setting (W2A4 first) with the first seed, the other seeds at
+    W2A4 and W3A3, the ablation, the filter grid, and the other seeds at W4A4 and W4A8. Reconstruction runs outside
+    the step-size table use ``WEIGHT_LR``. Models other than the tiny RetinaNet get the methods table only.
+    ``fast``: one seed, and only the first run of each table and row at W2A4."""
     seeds = FAST["seeds"] if fast else SEEDS
 
     def tuned(method: str, overrides: dict) -> dict:
