@@ -63,6 +63,7 @@ ROWS: dict[str, tuple[str, str | None, dict]] = {**{name: (name, None, {}) for n
 ABLATION: dict[str, tuple[str | None, dict]] = {
     "Reg-PTQ": (None, {}),
     "no global loss (L_H only)": (None, {"global_loss": False}),
+    "plain local loss (no Fisher weights)": (None, {"fisher": False}),  # QDrop's L_H: is the weighting what costs?
     "no filter (theta_C = theta_I = 0)": (None, {"theta_c": 0.0, "theta_i": 0.0}),
     "uniform head (AdaRound)": ("uniform", {}),
     "LLAQ rounded to nearest": (None, {"llaq_rounding": "nearest"}),
@@ -96,8 +97,9 @@ def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model
     """Every run after the budget curve, at ``iters`` per unit (only rows whose method is in ``methods``, if
     given), in the order that makes a half-finished bench most useful: first the step-size runs (``STEP_SIZES``),
     then the verdict (BRECQ, QDrop and Reg-PTQ with every seed at W2A4, Reg-PTQ's ``VARIANTS`` there with the first
-    seed, then the verdict at W3A3), every row at every setting (W2A4 first) with the first seed, the other seeds at
-    W2A4 and W3A3, the ablation, the filter grid, and the other seeds at W4A4 and W4A8. Reconstruction runs outside
+    seed, then the verdict at W3A3), the ablation with the first seed, the verdict's methods at W4A4 and W4A8 with
+    the first seed, the ablation's other seeds, every row at every setting (W2A4 first) with the first seed, the
+    other seeds at W2A4 and W3A3, the filter grid, and the other seeds at W4A4 and W4A8. Reconstruction runs outside
     the step-size table use ``WEIGHT_LR``. Models other than the tiny RetinaNet get the methods table only.
     ``fast``: one seed, and only the first run of each table and row at W2A4."""
     seeds = FAST["seeds"] if fast else SEEDS
@@ -124,12 +126,17 @@ def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model
     runs += [r for seed in seeds for r in methods_runs(BITS[:1], (seed,), CURVE_METHODS)]
     runs += methods_runs(BITS[:1], seeds[:1], tuple(VARIANTS))
     runs += [r for seed in seeds for r in methods_runs(BITS[1:2], (seed,), CURVE_METHODS)]
+    # then what explains it (the ablation with the first seed) and the verdict's methods at W4A4 and W4A8
+    ablation = [] if model != DEFAULT_MODEL else [
+        _run("ablation", label, "regptq", ABLATION_BITS, seed, iters, head=head, overrides=tuned("regptq", changed))
+        for seed in seeds
+        for label, (head, changed) in ABLATION.items()
+    ]  # fmt: skip
+    runs += [r for r in ablation if r["seed"] == seeds[0]] + methods_runs(BITS[2:], seeds[:1], CURVE_METHODS)
+    runs += [r for r in ablation if r["seed"] != seeds[0]]
     runs += methods_runs(BITS, seeds[:1]) + [_run("methods", "naive", "naive", (8, 8), 0, iters)]
     runs += methods_runs(BITS[:2], seeds[1:])
     if model == DEFAULT_MODEL:
-        for label, (head, changed) in ABLATION.items():
-            runs += [_run("ablation", label, "regptq", ABLATION_BITS, seed, iters, head=head,
-                          overrides=tuned("regptq", changed)) for seed in seeds]  # fmt: skip
         for theta_c, theta_i in FILTER_GRID:
             changed = tuned("regptq", {"theta_c": theta_c, "theta_i": theta_i})
             runs.append(
