@@ -65,6 +65,9 @@ ABLATION: dict[str, tuple[str | None, dict]] = {
     "no global loss (L_H only)": (None, {"global_loss": False}),
     "plain local loss (no Fisher weights)": (None, {"fisher": False}),  # QDrop's L_H: is the weighting what costs?
     "on QDrop's loss and drop": (None, {"fisher": False, "drop_prob": 0.5}),  # L_G and LLAQ added to QDrop
+    # QDrop with one of Reg-PTQ's two parts: with the row above and QDrop itself, a 2 x 2 of (L_G, LLAQ) on QDrop
+    "QDrop + LLAQ head (no L_G)": (None, {"fisher": False, "drop_prob": 0.5, "global_loss": False}),
+    "QDrop + L_G (uniform head)": ("uniform", {"fisher": False, "drop_prob": 0.5}),
     "no filter (theta_C = theta_I = 0)": (None, {"theta_c": 0.0, "theta_i": 0.0}),
     "uniform head (AdaRound)": ("uniform", {}),
     "LLAQ rounded to nearest": (None, {"llaq_rounding": "nearest"}),
