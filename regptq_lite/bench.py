@@ -6,7 +6,7 @@ For the tiny RetinaNet (``--model tiny_fasterrcnn``: the methods table only, in 
   Reg-PTQ at W2A4 and W4A4; it runs first, and fixes the bench budget (``converged_budget``);
 - ``methods``: every method (and Reg-PTQ in its integer shift form) at W2A4, W3A3, W4A4, W4A8, plus
   naive W8A8; three seeds for every reconstruction method (``SEEDS``);
-- ``ablation``: Reg-PTQ at W2A4 with one part changed at a time, three seeds each;
+- ``ablation``: Reg-PTQ at W2A4 with parts changed (one at a time, or its two parts moved onto QDrop), three seeds each;
 - ``filter``: the filter thresholds around the defaults (the paper's Table 2 question), one seed;
 - ``step size``: the curve's methods at W2A4 with AdaRound's learning rate scaled up (``STEP_SIZES``);
 - the weight MSE of LLAQ vs uniform quantizers and the cost table of the tiny detector and
@@ -59,7 +59,7 @@ VARIANTS: dict[str, tuple[str, str | None, dict]] = {  # Reg-PTQ's rows besides 
     "regptq + QDrop's drop": ("regptq", None, {"drop_prob": 0.5}),  # the paper is silent on it: measured
 }
 ROWS: dict[str, tuple[str, str | None, dict]] = {**{name: (name, None, {}) for name in METHODS}, **VARIANTS}
-# Reg-PTQ with one part changed: label -> (head weights, overrides)
+# Reg-PTQ with parts changed: label -> (head weights, overrides)
 ABLATION: dict[str, tuple[str | None, dict]] = {
     "Reg-PTQ": (None, {}),
     "no global loss (L_H only)": (None, {"global_loss": False}),

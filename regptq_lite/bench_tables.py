@@ -141,7 +141,7 @@ def step_size_table(result: dict) -> pd.DataFrame:
 
 
 def ablation_table(result: dict) -> pd.DataFrame:
-    """Reg-PTQ with one part changed: n, mean, min, max and the verdict against full Reg-PTQ."""
+    """Reg-PTQ with parts changed: n, mean, min, max and the verdict against full Reg-PTQ."""
     stats = seed_stats(runs_frame(result), "ablation").set_index("row").reindex(list(ABLATION)).dropna(how="all")
     if "Reg-PTQ" in stats.index:
         full = stats.loc["Reg-PTQ"]
@@ -200,6 +200,8 @@ def rounding_decided(result: dict, row: str = REGPTQ) -> pd.DataFrame:
 
 
 def _markdown_table(frame: pd.DataFrame, index: bool = True, digits: int = 2) -> list[str]:
+    if frame.empty:
+        return ["(no runs yet)"]
     frame = frame.reset_index() if index else frame
 
     def text(v: object) -> str:
@@ -265,7 +267,7 @@ def markdown(result: dict) -> str:
             steps.columns = [f"{value} {method}" for value, method in steps.columns]
             lines += ["", "## Step size: AdaRound's learning rate x iterations (W2A4, seed 0)", ""]
             lines += _markdown_table(steps, digits=3)
-        lines += ["", "## Ablation at W2A4 (Reg-PTQ with one part changed)", ""]
+        lines += ["", "## Ablation at W2A4 (Reg-PTQ with parts changed)", ""]
         lines += _markdown_table(ablation_table(result))
         lines += ["", "## Filter thresholds (Reg-PTQ, W2A4, seed 0): rows theta_C, columns theta_I", ""]
         lines += _markdown_table(filter_table(result), digits=1)
