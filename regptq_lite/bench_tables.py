@@ -151,6 +151,40 @@ def ablation_table(result: dict) -> pd.DataFrame:
     return stats.drop(columns="setting").astype({"n": int})
 
 
+# Reg-PTQ's two parts on QDrop: (L_G, head weights) -> (table, row) of the run that has them
+QDROP_PARTS = {
+    ("no L_G", "uniform head"): ("methods", "qdrop"),
+    ("no L_G", "LLAQ head"): ("ablation", "QDrop + LLAQ head (no L_G)"),
+    ("with L_G", "uniform head"): ("ablation", "QDrop + L_G (uniform head)"),
+    ("with L_G", "LLAQ head"): ("ablation", "on QDrop's loss and drop"),
+}
+
+
+def qdrop_part_aps(result: dict) -> dict[tuple[str, str], pd.Series]:
+    """AP by seed of each cell of ``QDROP_PARTS`` at W2A4, only the seeds at which all four ran."""
+    frame = runs_frame(result)
+    frame = frame[frame.setting == "W{}A{}".format(*ABLATION_BITS)]
+    aps = {
+        cell: frame[(frame.table == t) & (frame.row == r)].set_index("seed")["AP"]
+        for cell, (t, r) in QDROP_PARTS.items()
+    }
+    seeds = sorted(set.intersection(*(set(ap.index) for ap in aps.values())))
+    return {cell: ap.loc[seeds].sort_index() for cell, ap in aps.items()}
+
+
+def qdrop_parts(result: dict) -> tuple[pd.DataFrame, list[int]]:
+    """QDrop with and without each of Reg-PTQ's two parts at W2A4 (rows L_G, columns the head's weight
+    quantizer): AP as mean (min-max) over the seeds at which all four ran, and those seeds."""
+    aps = qdrop_part_aps(result)
+    grid = pd.DataFrame(
+        index=pd.Index(["no L_G", "with L_G"], name="QDrop"), columns=["uniform head", "LLAQ head"], dtype=object
+    )
+    for (loss, head), ap in aps.items():
+        stats = {"n": len(ap), "mean": ap.mean(), "min": ap.min(), "max": ap.max()}
+        grid.loc[loss, head] = _cell(pd.Series(stats)) if len(ap) else "-"
+    return grid, [int(s) for s in next(iter(aps.values())).index]
+
+
 def filter_table(result: dict) -> pd.DataFrame:
     """Reg-PTQ AP by filter thresholds (rows theta_C, columns theta_I), one seed."""
     frame = runs_frame(result)
@@ -269,6 +303,9 @@ def markdown(result: dict) -> str:
             lines += _markdown_table(steps, digits=3)
         lines += ["", "## Ablation at W2A4 (Reg-PTQ with parts changed)", ""]
         lines += _markdown_table(ablation_table(result))
+        grid, seeds = qdrop_parts(result)
+        lines += ["", f"## Reg-PTQ's two parts on QDrop (W2A4, seeds at which all four ran: {seeds or 'none yet'})", ""]
+        lines += _markdown_table(grid)
         lines += ["", "## Filter thresholds (Reg-PTQ, W2A4, seed 0): rows theta_C, columns theta_I", ""]
         lines += _markdown_table(filter_table(result), digits=1)
     lines += ["", "## Learned rounding left undecided when soft rounding ended (Reg-PTQ, per unit)", ""]
@@ -288,7 +325,8 @@ def _spread(row: pd.Series) -> str:
 
 def findings(result: dict) -> list[str]:
     """The bench's results in sentences written from its numbers: the budget the curve chose, Reg-PTQ against
-    the best baseline per setting (with the verdict), the ablation against full Reg-PTQ, the time ratio."""
+    the best baseline per setting (with the verdict), the ablation against full Reg-PTQ, Reg-PTQ's two parts on
+    QDrop, the time ratio."""
     out = []
     curve = budget_curve(result) if any(r.get("table") == "budget" for r in result["runs"]) else pd.DataFrame()
     if not curve.empty and result.get("iters") is not None:
@@ -321,6 +359,17 @@ def findings(result: dict) -> list[str]:
     for name, row in ablation.iterrows():
         if name != "Reg-PTQ" and "against Reg-PTQ" in row:
             out.append(f"Ablation, {name}: {_spread(row)} AP ({row['against Reg-PTQ']} against full Reg-PTQ).")
+    aps = qdrop_part_aps(result) if any(r.get("table") == "ablation" for r in result["runs"]) else {}
+    if aps and len(aps[("no L_G", "uniform head")]):
+        mean = {cell: ap.mean() for cell, ap in aps.items()}
+        seeds = ", ".join(str(s) for s in aps[("no L_G", "uniform head")].index)
+        out.append(
+            f"Reg-PTQ's parts on QDrop (W2A4, seeds {seeds}): L_G moves AP by "
+            f"{mean[('with L_G', 'uniform head')] - mean[('no L_G', 'uniform head')]:+.1f} with a uniform head and "
+            f"{mean[('with L_G', 'LLAQ head')] - mean[('no L_G', 'LLAQ head')]:+.1f} with LLAQ; LLAQ on the head by "
+            f"{mean[('no L_G', 'LLAQ head')] - mean[('no L_G', 'uniform head')]:+.1f} without L_G and "
+            f"{mean[('with L_G', 'LLAQ head')] - mean[('with L_G', 'uniform head')]:+.1f} with it."
+        )
     ratios = timing(result)["ratio"]
     if len(ratios):
         out.append(f"Reg-PTQ's calibration took {ratios.mean():.2f}x BRECQ's wall time ({ratios.min():.2f}-"

@@ -31,9 +31,11 @@ from regptq_lite.bench_tables import (
     ablation_table,
     against,
     filter_table,
+    findings,
     leads,
     markdown,
     methods_table,
+    qdrop_parts,
     step_size_table,
     timing,
     verdict,
@@ -162,6 +164,26 @@ def test_ablation_and_filter_tables():
     assert table.loc["no global loss (L_H only)", "against Reg-PTQ"] == "behind" and table["n"].tolist() == [3, 3]
     grid = filter_table(result)
     assert grid.loc["0.0002", "0.1"] == 33.0 and grid.loc["0", "0"] == 32.0 and pd.isna(grid.loc["0.01", "0.1"])
+
+
+def test_reg_ptqs_two_parts_on_qdrop_over_the_seeds_all_four_cells_share():
+    runs = [_run("methods", "qdrop", 2, 4, s, 65.0 + s) for s in range(3)]
+    runs += [_run("methods", "qdrop", 4, 4, 0, 99.0)]  # another setting: not a cell
+    runs += [_run("ablation", "QDrop + L_G (uniform head)", 2, 4, s, 65.5 + s) for s in range(2)]
+    runs += [_run("ablation", "QDrop + LLAQ head (no L_G)", 2, 4, s, 64.0 + s) for s in range(3)]
+    runs += [_run("ablation", "on QDrop's loss and drop", 2, 4, s, 64.2 + s) for s in range(2)]
+    result = _result(runs)
+    grid, seeds = qdrop_parts(result)
+    assert seeds == [0, 1]  # seed 2 lacks two cells
+    assert (
+        grid.loc["no L_G", "uniform head"] == "65.5 (65.0-66.0)"
+        and grid.loc["with L_G", "LLAQ head"] == "64.7 (64.2-65.2)"
+    )
+    sentence = [line for line in findings(result) if "parts on QDrop" in line]
+    assert sentence == ["Reg-PTQ's parts on QDrop (W2A4, seeds 0, 1): L_G moves AP by +0.5 with a uniform head and "
+                        "+0.2 with LLAQ; LLAQ on the head by -1.0 without L_G and -1.3 with it."]  # fmt: skip
+    assert "| with L_G | 66.0 (65.5-66.5) | 64.7 (64.2-65.2) |" in markdown(result)
+    assert qdrop_parts(_result(runs[:3]))[1] == []  # no QDrop row ran with Reg-PTQ's parts: no seeds, no finding
 
 
 def test_a_row_against_its_reference_where_both_ran():
