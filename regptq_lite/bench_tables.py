@@ -304,7 +304,8 @@ def markdown(result: dict) -> str:
         lines += ["", "## Ablation at W2A4 (Reg-PTQ with parts changed)", ""]
         lines += _markdown_table(ablation_table(result))
         grid, seeds = qdrop_parts(result)
-        lines += ["", f"## Reg-PTQ's two parts on QDrop (W2A4, seeds at which all four ran: {seeds or 'none yet'})", ""]
+        shared = ", ".join(map(str, seeds)) or "none yet"
+        lines += ["", f"## Reg-PTQ's two parts on QDrop (W2A4, seeds at which all four ran: {shared})", ""]
         lines += _markdown_table(grid)
         lines += ["", "## Filter thresholds (Reg-PTQ, W2A4, seed 0): rows theta_C, columns theta_I", ""]
         lines += _markdown_table(filter_table(result), digits=1)
