@@ -373,8 +373,10 @@ def findings(result: dict) -> list[str]:
         )
     ratios = timing(result)["ratio"]
     if len(ratios):
-        out.append(f"Reg-PTQ's calibration took {ratios.mean():.2f}x BRECQ's wall time ({ratios.min():.2f}-"
-                   f"{ratios.max():.2f} over {len(ratios)} pairs run one after the other).")  # fmt: skip
+        spread = "one pair" if len(ratios) == 1 else f"{ratios.min():.2f}-{ratios.max():.2f} over {len(ratios)} pairs"
+        out.append(
+            f"Reg-PTQ's calibration took {ratios.mean():.2f}x BRECQ's wall time ({spread} run one after the other)."
+        )
     return out
 
 

@@ -186,6 +186,13 @@ def test_reg_ptqs_two_parts_on_qdrop_over_the_seeds_all_four_cells_share():
     assert qdrop_parts(_result(runs[:3]))[1] == []  # no QDrop row ran with Reg-PTQ's parts: no seeds, no finding
 
 
+def test_the_time_ratio_of_a_single_pair_has_no_range():
+    runs = [_run("methods", "regptq", 2, 4, 0, 40.0, seconds=30.0), _run("methods", "brecq", 2, 4, 0, 39.0)]
+    assert "Reg-PTQ's calibration took 3.00x BRECQ's wall time (one pair run one after the other)." in findings(
+        _result(runs)
+    )
+
+
 def test_a_row_against_its_reference_where_both_ran():
     runs = [_run("methods", "regptq", 2, 4, s, 40.0 + s) for s in range(3)]
     runs += [_run("methods", "regptq (shift form)", 2, 4, s, 36.0 + s / 10) for s in range(3)]
