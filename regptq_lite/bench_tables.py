@@ -160,16 +160,15 @@ QDROP_PARTS = {
 }
 
 
-def qdrop_part_aps(result: dict) -> dict[tuple[str, str], pd.Series]:
-    """AP by seed of each cell of ``QDROP_PARTS`` at W2A4, only the seeds at which all four ran."""
+def qdrop_part_aps(result: dict) -> pd.DataFrame:
+    """AP of each cell of ``QDROP_PARTS`` at W2A4: columns the cells, index the seeds at which all four ran."""
     frame = runs_frame(result)
     frame = frame[frame.setting == "W{}A{}".format(*ABLATION_BITS)]
     aps = {
         cell: frame[(frame.table == t) & (frame.row == r)].set_index("seed")["AP"]
         for cell, (t, r) in QDROP_PARTS.items()
     }
-    seeds = sorted(set.intersection(*(set(ap.index) for ap in aps.values())))
-    return {cell: ap.loc[seeds].sort_index() for cell, ap in aps.items()}
+    return pd.concat(aps, axis=1, join="inner").sort_index()
 
 
 def qdrop_parts(result: dict) -> tuple[pd.DataFrame, list[int]]:
@@ -180,9 +179,24 @@ def qdrop_parts(result: dict) -> tuple[pd.DataFrame, list[int]]:
         index=pd.Index(["no L_G", "with L_G"], name="QDrop"), columns=["uniform head", "LLAQ head"], dtype=object
     )
     for (loss, head), ap in aps.items():
-        stats = {"n": len(ap), "mean": ap.mean(), "min": ap.min(), "max": ap.max()}
-        grid.loc[loss, head] = _cell(pd.Series(stats)) if len(ap) else "-"
-    return grid, [int(s) for s in next(iter(aps.values())).index]
+        stats = ap.agg(["count", "mean", "min", "max"]).rename({"count": "n"})  # as ``seed_stats`` has them
+        grid.loc[loss, head] = _cell(stats) if len(ap) else "-"
+    return grid, aps.index.tolist()
+
+
+def qdrop_parts_sentence(result: dict) -> str | None:
+    """What each of Reg-PTQ's two parts does to QDrop's mean AP (``qdrop_parts``), or None before all four ran."""
+    aps = qdrop_part_aps(result)
+    if aps.empty:
+        return None
+    mean = aps.mean()
+    return (
+        f"Reg-PTQ's parts on QDrop (W2A4, seeds {', '.join(map(str, aps.index))}): L_G moves AP by "
+        f"{mean[('with L_G', 'uniform head')] - mean[('no L_G', 'uniform head')]:+.1f} with a uniform head and "
+        f"{mean[('with L_G', 'LLAQ head')] - mean[('no L_G', 'LLAQ head')]:+.1f} with LLAQ; LLAQ on the head by "
+        f"{mean[('no L_G', 'LLAQ head')] - mean[('no L_G', 'uniform head')]:+.1f} without L_G and "
+        f"{mean[('with L_G', 'LLAQ head')] - mean[('with L_G', 'uniform head')]:+.1f} with it."
+    )
 
 
 def filter_table(result: dict) -> pd.DataFrame:
@@ -360,17 +374,8 @@ def findings(result: dict) -> list[str]:
     for name, row in ablation.iterrows():
         if name != "Reg-PTQ" and "against Reg-PTQ" in row:
             out.append(f"Ablation, {name}: {_spread(row)} AP ({row['against Reg-PTQ']} against full Reg-PTQ).")
-    aps = qdrop_part_aps(result) if any(r.get("table") == "ablation" for r in result["runs"]) else {}
-    if aps and len(aps[("no L_G", "uniform head")]):
-        mean = {cell: ap.mean() for cell, ap in aps.items()}
-        seeds = ", ".join(str(s) for s in aps[("no L_G", "uniform head")].index)
-        out.append(
-            f"Reg-PTQ's parts on QDrop (W2A4, seeds {seeds}): L_G moves AP by "
-            f"{mean[('with L_G', 'uniform head')] - mean[('no L_G', 'uniform head')]:+.1f} with a uniform head and "
-            f"{mean[('with L_G', 'LLAQ head')] - mean[('no L_G', 'LLAQ head')]:+.1f} with LLAQ; LLAQ on the head by "
-            f"{mean[('no L_G', 'LLAQ head')] - mean[('no L_G', 'uniform head')]:+.1f} without L_G and "
-            f"{mean[('with L_G', 'LLAQ head')] - mean[('with L_G', 'uniform head')]:+.1f} with it."
-        )
+    if (sentence := qdrop_parts_sentence(result)) is not None:
+        out.append(sentence)
     ratios = timing(result)["ratio"]
     if len(ratios):
         spread = "one pair" if len(ratios) == 1 else f"{ratios.min():.2f}-{ratios.max():.2f} over {len(ratios)} pairs"

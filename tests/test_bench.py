@@ -36,6 +36,7 @@ from regptq_lite.bench_tables import (
     markdown,
     methods_table,
     qdrop_parts,
+    qdrop_parts_sentence,
     step_size_table,
     timing,
     verdict,
@@ -184,6 +185,7 @@ def test_reg_ptqs_two_parts_on_qdrop_over_the_seeds_all_four_cells_share():
                         "+0.2 with LLAQ; LLAQ on the head by -1.0 without L_G and -1.3 with it."]  # fmt: skip
     assert "| with L_G | 66.0 (65.5-66.5) | 64.7 (64.2-65.2) |" in markdown(result)
     assert qdrop_parts(_result(runs[:3]))[1] == []  # no QDrop row ran with Reg-PTQ's parts: no seeds, no finding
+    assert qdrop_parts_sentence(_result(runs[:3])) is None and sentence == [qdrop_parts_sentence(result)]
 
 
 def test_the_time_ratio_of_a_single_pair_has_no_range():
