@@ -73,6 +73,13 @@ ABLATION: dict[str, tuple[str | None, dict]] = {
     "LLAQ rounded to nearest": (None, {"llaq_rounding": "nearest"}),
 }
 ABLATION_BITS = (2, 4)
+# Reg-PTQ's two parts on QDrop: (L_G, head weights) -> (table, row) of the run that has them
+QDROP_PARTS = {
+    ("no L_G", "uniform head"): ("methods", "qdrop"),
+    ("no L_G", "LLAQ head"): ("ablation", "QDrop + LLAQ head (no L_G)"),
+    ("with L_G", "uniform head"): ("ablation", "QDrop + L_G (uniform head)"),
+    ("with L_G", "LLAQ head"): ("ablation", "on QDrop's loss and drop"),
+}
 # Is the budget a distance? Adam moves AdaRound's V by at most about lr per step, so the curve's methods at
 # W2A4 (seed 0) again with lr x iterations as at 2000 x 1e-3, and 4x and 10x that (BRECQ's 20k x 1e-3).
 STEP_SIZES = ((500, 4e-3), (500, 1.6e-2), (500, 4e-2), (2000, 1e-2))  # (iterations per unit, AdaRound lr)
@@ -102,10 +109,10 @@ def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model
     given), in the order that makes a half-finished bench most useful: first the step-size runs (``STEP_SIZES``),
     then the verdict (BRECQ, QDrop and Reg-PTQ with every seed at W2A4, Reg-PTQ's ``VARIANTS`` there with the first
     seed, then the verdict at W3A3), the ablation with the first seed, the verdict's methods at W4A4 and W4A8 with
-    the first seed, the ablation's other seeds, every row at every setting (W2A4 first) with the first seed, the
-    other seeds at W2A4 and W3A3, the filter grid, and the other seeds at W4A4 and W4A8. Reconstruction runs outside
-    the step-size table use ``WEIGHT_LR``. Models other than the tiny RetinaNet get the methods table only.
-    ``fast``: one seed, and only the first run of each table and row at W2A4."""
+    the first seed, the ablation's other seeds (the two-by-two's cells first), every row at every setting (W2A4
+    first) with the first seed, the other seeds at W2A4 and W3A3, the filter grid, and the other seeds at W4A4 and
+    W4A8. Reconstruction runs outside the step-size table use ``WEIGHT_LR``. Models other than the tiny RetinaNet
+    get the methods table only. ``fast``: one seed, and only the first run of each table and row at W2A4."""
     seeds = FAST["seeds"] if fast else SEEDS
 
     def tuned(method: str, overrides: dict) -> dict:
@@ -137,7 +144,10 @@ def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model
         for label, (head, changed) in ABLATION.items()
     ]  # fmt: skip
     runs += [r for r in ablation if r["seed"] == seeds[0]] + methods_runs(BITS[2:], seeds[:1], CURVE_METHODS)
-    runs += [r for r in ablation if r["seed"] != seeds[0]]
+    # the ablation's other seeds, seed after seed, the two-by-two's cells (``QDROP_PARTS``) first at each
+    later = [r for r in ablation if r["seed"] != seeds[0]]
+    parts = {row for table, row in QDROP_PARTS.values() if table == "ablation"}
+    runs += sorted(later, key=lambda r: (r["seed"], r["row"] not in parts))
     runs += methods_runs(BITS, seeds[:1]) + [_run("methods", "naive", "naive", (8, 8), 0, iters)]
     runs += methods_runs(BITS[:2], seeds[1:])
     if model == DEFAULT_MODEL:

@@ -18,6 +18,7 @@ from .bench import (
     CURVE_ITERS,
     DEFAULT_MODEL,
     FILTER_GRID,
+    QDROP_PARTS,
     ROWS,
     SEEDS,
     STEP_SIZES,
@@ -149,15 +150,6 @@ def ablation_table(result: dict) -> pd.DataFrame:
             "-" if name == "Reg-PTQ" else verdict(r, full) for name, r in stats.iterrows()
         ]  # fmt: skip
     return stats.drop(columns="setting").astype({"n": int})
-
-
-# Reg-PTQ's two parts on QDrop: (L_G, head weights) -> (table, row) of the run that has them
-QDROP_PARTS = {
-    ("no L_G", "uniform head"): ("methods", "qdrop"),
-    ("no L_G", "LLAQ head"): ("ablation", "QDrop + LLAQ head (no L_G)"),
-    ("with L_G", "uniform head"): ("ablation", "QDrop + L_G (uniform head)"),
-    ("with L_G", "LLAQ head"): ("ablation", "on QDrop's loss and drop"),
-}
 
 
 def qdrop_part_aps(result: dict) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from regptq_lite.bench import (
     CURVE_ITERS,
     CURVE_METHODS,
     FILTER_GRID,
+    QDROP_PARTS,
     ROWS,
     SEEDS,
     STEP_SIZES,
@@ -72,6 +73,13 @@ def test_plan_covers_every_table_and_shares_identical_runs():
         for r in runs
         if r["table"] != "step size"
     )
+
+
+def test_the_ablations_later_seeds_run_seed_after_seed_the_two_by_twos_cells_first():
+    parts = [row for table, row in QDROP_PARTS.values() if table == "ablation"]
+    later = [(r["seed"], r["row"]) for r in plan(500) if r["table"] == "ablation" and r["seed"] != SEEDS[0]]
+    order = [row for row in ABLATION if row in parts] + [row for row in ABLATION if row not in parts]
+    assert later == [(seed, row) for seed in SEEDS[1:] for row in order] and order[0] != next(iter(ABLATION))
 
 
 def test_the_curve_runs_each_budgets_methods_one_after_the_other():
