@@ -220,6 +220,22 @@ def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.Da
     })  # fmt: skip
 
 
+def unit_seconds(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.DataFrame:
+    """Per unit, the calibration seconds of ``method`` and ``baseline`` in the methods table (mean over the
+    settings and seeds at which both ran) and the difference: where ``method``'s extra time goes."""
+    units = pd.DataFrame([
+        {"row": r["row"], "setting": f"W{r['wbits']}A{r['abits']}", "seed": r["seed"], **u}
+        for r in result["runs"]
+        if r.get("table") == "methods" and r.get("row") in (method, baseline)
+        for u in r.get("units", [])
+    ], columns=["row", "setting", "seed", "unit", "seconds"])  # fmt: skip
+    pairs = units[units.row == method].merge(units[units.row == baseline], on=["setting", "seed", "unit"])
+    out = pairs.groupby("unit", sort=False)[["seconds_x", "seconds_y"]].mean()
+    out.columns = [f"{method} s", f"{baseline} s"]
+    out["extra s"] = out[f"{method} s"] - out[f"{baseline} s"]
+    return out.reset_index()
+
+
 def rounding_decided(result: dict, row: str = REGPTQ) -> pd.DataFrame:
     """Per unit of ``row``'s runs in the methods table: the share of learned roundings still inside
     (0.05, 0.95) when soft rounding ended (mean and max over runs) and the L_G scale c."""

@@ -40,6 +40,7 @@ from regptq_lite.bench_tables import (
     qdrop_parts_sentence,
     step_size_table,
     timing,
+    unit_seconds,
     verdict,
 )
 from regptq_lite.outputs import check_bench_out
@@ -149,6 +150,20 @@ def test_tables_show_mean_and_spread_and_the_verdict_against_the_best_baseline()
     assert len(ratios) == 3 and (ratios["ratio"] == 1.3).all()
     curve = [_run("budget", m, 2, 4, 0, 30.0, seconds=s) for m, s in (("brecq", 10.0), ("regptq", 12.0))]
     assert timing(_result(runs + curve))["ratio"].tolist() == [1.2]  # the curve's pair, run one after the other
+
+
+def test_unit_seconds_pair_each_unit_of_reg_ptq_with_brecqs_at_the_same_setting_and_seed():
+    def units(*seconds):
+        return [{"unit": name, "seconds": s} for name, s in zip(("stem", "head"), seconds)]
+
+    runs = [_run("methods", "brecq", 2, 4, 0, 30.0, units=units(10.0, 4.0)),
+            _run("methods", "regptq", 2, 4, 0, 31.0, units=units(16.0, 5.0)),
+            _run("methods", "regptq", 2, 4, 1, 31.0, units=units(99.0, 99.0)),  # no BRECQ at seed 1: left out
+            _run("methods", "qdrop", 2, 4, 0, 31.0, units=units(50.0, 50.0))]  # fmt: skip
+    table = unit_seconds(_result(runs))
+    assert table["unit"].tolist() == ["stem", "head"]
+    assert table["extra s"].tolist() == [6.0, 1.0] and table["regptq s"].tolist() == [16.0, 5.0]
+    assert unit_seconds(_result([_run("methods", "brecq", 2, 4, 0, 30.0)])).empty
 
 
 def test_step_sizes_beside_the_curve_at_the_same_iterations():
