@@ -25,6 +25,7 @@ from .bench import (
     curve_plan,
     plan,
 )
+from .recon import ReconSettings
 
 SETTINGS = [f"W{w}A{a}" for w, a in BITS] + ["W8A8"]
 REGPTQ = "regptq"
@@ -220,15 +221,22 @@ def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.Da
     })  # fmt: skip
 
 
+def _units_frame(result: dict, rows: tuple[str, ...]) -> pd.DataFrame:
+    """Per unit of every methods-table run of ``rows``: the run's row, setting and seed with the unit's diagnostics."""
+    units = [
+        {"row": r["row"], "setting": f"W{r['wbits']}A{r['abits']}", "seed": r["seed"], **u}
+        for r in result["runs"]
+        if r.get("table") == "methods" and r.get("row") in rows
+        for u in r.get("units", [])
+    ]
+    columns = dict.fromkeys(["row", "setting", "seed", "unit", "seconds", "undecided", *(k for u in units for k in u)])
+    return pd.DataFrame(units, columns=list(columns))
+
+
 def unit_seconds(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.DataFrame:
     """Per unit, the calibration seconds of ``method`` and ``baseline`` in the methods table (mean over the
     settings and seeds at which both ran) and the difference: where ``method``'s extra time goes."""
-    units = pd.DataFrame([
-        {"row": r["row"], "setting": f"W{r['wbits']}A{r['abits']}", "seed": r["seed"], **u}
-        for r in result["runs"]
-        if r.get("table") == "methods" and r.get("row") in (method, baseline)
-        for u in r.get("units", [])
-    ], columns=["row", "setting", "seed", "unit", "seconds"])  # fmt: skip
+    units = _units_frame(result, (method, baseline))
     pairs = units[units.row == method].merge(units[units.row == baseline], on=["setting", "seed", "unit"])
     out = pairs.groupby("unit", sort=False)[["seconds_x", "seconds_y"]].mean()
     out.columns = [f"{method} s", f"{baseline} s"]
@@ -239,20 +247,39 @@ def unit_seconds(result: dict, method: str = REGPTQ, baseline: str = "brecq") ->
 def rounding_decided(result: dict, row: str = REGPTQ) -> pd.DataFrame:
     """Per unit of ``row``'s runs in the methods table: the share of learned roundings still inside
     (0.05, 0.95) when soft rounding ended (mean and max over runs) and the L_G scale c."""
-    units = [
-        {**u, "setting": f"W{r['wbits']}A{r['abits']}"}
-        for r in result["runs"]
-        if r.get("table") == "methods" and r.get("row") == row
-        for u in r.get("units", [])
-    ]
-    if not units:
+    frame = _units_frame(result, (row,))
+    if frame.empty:
         return pd.DataFrame(columns=["unit", "undecided mean", "undecided max", "L_G scale"])
-    frame = pd.DataFrame(units)
     grouped = frame.groupby("unit", sort=False)
     out = pd.DataFrame({"undecided mean": grouped["undecided"].mean(), "undecided max": grouped["undecided"].max()})
     if "global_scale" in frame:
         out["L_G scale"] = grouped["global_scale"].median()
     return out.reset_index()
+
+
+def cadence_table(result: dict) -> pd.DataFrame:
+    """Reg-PTQ at W2A4 with L_G's pass taken every n steps (``bench.CADENCE``) beside its default: AP mean
+    (min-max), the verdict against the default, and calibration seconds over BRECQ's at the same seed (mean over
+    seeds; the runs shared the machine with another process)."""
+    frame = runs_frame(result)
+    runs = frame[frame.setting == "W{}A{}".format(*BITS[0])]
+    default = f"L_G every {ReconSettings.global_every} steps (default)"
+    runs = pd.concat([runs[runs.table == "cadence"],
+                      runs[(runs.table == "methods") & (runs.row.isin([REGPTQ, "brecq"]))]])  # fmt: skip
+    runs = runs.assign(row=runs.row.replace(REGPTQ, default))
+    brecq = runs[runs.row == "brecq"].set_index("seed")["calibration_seconds"]
+    runs = runs[runs.row != "brecq"].assign(ratio=lambda f: f.calibration_seconds / f.seed.map(brecq))
+    if not (runs.row != default).any():
+        return pd.DataFrame(columns=["row", "AP", "verdict", "seconds", "over BRECQ"])
+    stats = seed_stats(runs.assign(table="cadence"), "cadence").set_index("row")
+    grouped = runs.groupby("row")
+    return pd.DataFrame([
+        {"row": row, "AP": _spread(stats.loc[row]),
+         "verdict": "reference" if row == default else verdict(stats.loc[row], stats.loc[default]),
+         "seconds": grouped["calibration_seconds"].mean()[row], "over BRECQ": grouped["ratio"].mean()[row]}
+        for row in [default, *(r for r in stats.index if r != default)]
+        if row in stats.index
+    ])  # fmt: skip
 
 
 def _markdown_table(frame: pd.DataFrame, index: bool = True, digits: int = 2) -> list[str]:
@@ -331,6 +358,9 @@ def markdown(result: dict) -> str:
         lines += _markdown_table(grid)
         lines += ["", "## Filter thresholds (Reg-PTQ, W2A4, seed 0): rows theta_C, columns theta_I", ""]
         lines += _markdown_table(filter_table(result), digits=1)
+    else:
+        lines += ["", "## How often L_G's pass runs (Reg-PTQ, W2A4; seconds over BRECQ's at the same seed)", ""]
+        lines += _markdown_table(cadence_table(result), index=False)
     lines += ["", "## Learned rounding left undecided when soft rounding ended (Reg-PTQ, per unit)", ""]
     lines += _markdown_table(rounding_decided(result), index=False, digits=4)
     lines += ["", "## Weight MSE: LLAQ vs MSE-searched uniform", ""]

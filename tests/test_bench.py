@@ -12,6 +12,7 @@ from regptq_lite import bench, bench_share, provenance
 from regptq_lite.bench import (
     ABLATION,
     BITS,
+    CADENCE,
     CALIB_IMAGES,
     CURVE_ITERS,
     CURVE_METHODS,
@@ -31,6 +32,7 @@ from regptq_lite.bench import (
 from regptq_lite.bench_tables import (
     ablation_table,
     against,
+    cadence_table,
     filter_table,
     findings,
     leads,
@@ -44,6 +46,7 @@ from regptq_lite.bench_tables import (
     verdict,
 )
 from regptq_lite.outputs import check_bench_out
+from regptq_lite.recon import ReconSettings
 
 
 def test_plan_covers_every_table_and_shares_identical_runs():
@@ -166,6 +169,22 @@ def test_unit_seconds_pair_each_unit_of_reg_ptq_with_brecqs_at_the_same_setting_
     assert unit_seconds(_result([_run("methods", "brecq", 2, 4, 0, 30.0)])).empty
 
 
+def test_the_cadence_table_sets_each_cadence_beside_the_default_with_its_time_over_brecqs_at_the_same_seed():
+    runs = [_run("methods", "brecq", 2, 4, s, 30.0, seconds=10.0 * (s + 1)) for s in range(3)]
+    runs += [_run("methods", "regptq", 2, 4, s, 40.0 + s, seconds=20.0 * (s + 1)) for s in range(3)]
+    runs += [_run("methods", "regptq", 4, 4, 0, 60.0, seconds=99.0)]  # another setting: not in the table
+    runs += [_run("cadence", "L_G every 48 steps", 2, 4, s, 36.0 + s / 10, seconds=12.0 * (s + 1)) for s in range(3)]
+    table = cadence_table(_result(runs)).set_index("row")
+    default = f"L_G every {ReconSettings.global_every} steps (default)"
+    assert table.index.tolist() == [default, "L_G every 48 steps"]
+    assert table.loc[default, "AP"] == "41.0 (40.0-42.0)" and table.loc[default, "verdict"] == "reference"
+    assert table.loc["L_G every 48 steps", "verdict"] == "behind"
+    assert table.loc[default, "over BRECQ"] == pytest.approx(2.0)
+    assert table.loc["L_G every 48 steps", "over BRECQ"] == pytest.approx(1.2)
+    assert table.loc["L_G every 48 steps", "seconds"] == pytest.approx(24.0)
+    assert cadence_table(_result(runs[:6])).empty  # no cadence run yet
+
+
 def test_step_sizes_beside_the_curve_at_the_same_iterations():
     def run(table, method, iters, lr, ap):
         row = f"{method} {iters} x {lr:g}"
@@ -252,11 +271,17 @@ def test_an_unfinished_curve_reports_its_last_doublings_and_undecided_roundings(
 
 def test_a_second_model_gets_the_methods_table_in_its_own_file():
     runs = plan(500, model="tiny_fasterrcnn")
-    assert {r["table"] for r in runs} == {"methods"}
+    assert {r["table"] for r in runs} == {"methods", "cadence"}
+    # the cadence runs come right after the verdict at W2A4, every seed, Reg-PTQ with only L_G's step changed
+    cadence = runs[len(SEEDS) * len(CURVE_METHODS) :][: len(SEEDS) * len(CADENCE)]
+    assert {r["table"] for r in cadence} == {"cadence"} and {r["seed"] for r in cadence} == set(SEEDS)
+    expected = [{"weight_lr": WEIGHT_LR, "global_every": n} for _ in SEEDS for n in CADENCE]
+    assert [r["overrides"] for r in cadence] == expected
     assert {r["method"] for r in plan(500, methods=["brecq"], model="tiny_fasterrcnn")} == {"brecq"}
     assert result_name() == "bench.json" and result_name("tiny_fasterrcnn") == "bench_tiny_fasterrcnn.json"
     text = markdown({**_result([_run("methods", "naive", 2, 4, 0, 12.3)]), "model": "tiny_fasterrcnn"})
     assert "Methods x bits, tiny_fasterrcnn" in text and "Filter thresholds" not in text and "Budget curve" not in text
+    assert "How often L_G's pass runs" in text and "How often" not in markdown(_result([]))
     # naive has no Reg-PTQ to compare or time: those tables say so instead of a header with no rows
     assert "## Reg-PTQ against the best baseline (a lead only beyond the seed spread)\n\n(no runs yet)" in text
 
