@@ -183,6 +183,8 @@ def test_the_cadence_table_sets_each_cadence_beside_the_default_with_its_time_ov
     assert table.loc["L_G every 48 steps", "over BRECQ"] == pytest.approx(1.2)
     assert table.loc["L_G every 48 steps", "seconds"] == pytest.approx(24.0)
     assert cadence_table(_result(runs[:6])).empty  # no cadence run yet
+    sentence = f"L_G every 48 steps: 36.1 (36.0-36.2) AP against {default} 41.0 (40.0-42.0), behind; 1.20x BRECQ's"
+    assert any(line.startswith(sentence) for line in findings(_result(runs)))
 
 
 def test_step_sizes_beside_the_curve_at_the_same_iterations():
@@ -230,11 +232,13 @@ def test_reg_ptqs_two_parts_on_qdrop_over_the_seeds_all_four_cells_share():
     assert qdrop_parts_sentence(_result(runs[:3])) is None and sentence == [qdrop_parts_sentence(result)]
 
 
-def test_the_time_ratio_of_a_single_pair_has_no_range():
+def test_the_time_ratio_of_a_single_pair_has_no_range_and_says_how_it_was_run():
     runs = [_run("methods", "regptq", 2, 4, 0, 40.0, seconds=30.0), _run("methods", "brecq", 2, 4, 0, 39.0)]
-    assert "Reg-PTQ's calibration took 3.00x BRECQ's wall time (one pair run one after the other)." in findings(
-        _result(runs)
-    )
+    text = "Reg-PTQ's calibration took 3.00x BRECQ's wall time (one pair from the methods table, whose runs shared"
+    assert any(line.startswith(text) for line in findings(_result(runs)))
+    curve = [_run("budget", "regptq", 2, 4, 0, 40.0, seconds=30.0), _run("budget", "brecq", 2, 4, 0, 39.0)]
+    text = "Reg-PTQ's calibration took 3.00x BRECQ's wall time (one pair run one after the other)."
+    assert text in findings(_result(runs + curve))
 
 
 def test_a_row_against_its_reference_where_both_ran():
