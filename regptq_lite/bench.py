@@ -95,6 +95,11 @@ FILTER_GRID = ((5e-5, 0.1), (2e-4, 0.1), (1e-2, 0.1), (2e-4, 0.5), (0.0, 0.0))  
 CADENCE = (48,)
 
 
+def cadence_row(every: int) -> str:
+    """The cadence table's row of Reg-PTQ with L_G's pass taken every ``every`` steps."""
+    return f"L_G every {every} steps"
+
+
 def _run(table: str, row: str, method: str, bits: tuple[int, int], seed: int, iters: int, **extra) -> dict:
     return {"table": table, "row": row, "method": method, "wbits": bits[0], "abits": bits[1], "seed": seed,
             "iters": iters, "head": extra.get("head"), "overrides": extra.get("overrides", {})}  # fmt: skip
@@ -141,7 +146,7 @@ def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model
     # variants there (do they change it?), then at W3A3
     runs += [r for seed in seeds for r in methods_runs(BITS[:1], (seed,), CURVE_METHODS)]
     runs += [] if model == DEFAULT_MODEL else [
-        _run("cadence", f"L_G every {n} steps", "regptq", BITS[0], seed, iters,
+        _run("cadence", cadence_row(n), "regptq", BITS[0], seed, iters,
              overrides=tuned("regptq", {"global_every": n}))
         for seed in seeds
         for n in CADENCE

@@ -15,6 +15,7 @@ from .bench import (
     ABLATION,
     ABLATION_BITS,
     BITS,
+    CADENCE,
     CURVE_ITERS,
     DEFAULT_MODEL,
     FILTER_GRID,
@@ -22,6 +23,7 @@ from .bench import (
     ROWS,
     SEEDS,
     STEP_SIZES,
+    cadence_row,
     curve_plan,
     plan,
 )
@@ -263,13 +265,13 @@ def cadence_table(result: dict) -> pd.DataFrame:
     these runs and the default's ran in different sessions, and this machine's speed drifts between sessions.)"""
     frame = runs_frame(result)
     runs = frame[frame.setting == "W{}A{}".format(*BITS[0])]
-    default = f"L_G every {ReconSettings.global_every} steps (default)"
+    default = f"{cadence_row(ReconSettings.global_every)} (default)"
+    every = {default: ReconSettings.global_every, **{cadence_row(n): n for n in CADENCE}}
     runs = pd.concat([runs[runs.table == "cadence"], runs[(runs.table == "methods") & (runs.row == REGPTQ)]])
     runs = runs.assign(table="cadence", row=runs.row.replace(REGPTQ, default))
     if not (runs.row != default).any():
         return pd.DataFrame(columns=["row", "AP", "verdict", "L_G passes per unit"])
     stats = seed_stats(runs, "cadence").set_index("row")
-    every = {row: int(row.split()[2]) for row in stats.index}
     iters = runs.groupby("row")["iters"].first()
     return pd.DataFrame([
         {"row": row, "AP": _spread(stats.loc[row]),
@@ -415,8 +417,7 @@ def findings(result: dict) -> list[str]:
     ratios = timing(result)["ratio"]
     if len(ratios):
         spread = "one pair" if len(ratios) == 1 else f"{ratios.min():.2f}-{ratios.max():.2f} over {len(ratios)} pairs"
-        how = ("run one after the other" if any(r.get("table") == "budget" for r in result["runs"])
-               else "from the methods table, whose runs shared the machine")  # fmt: skip
+        how = "from the methods table, whose runs shared the machine" if curve.empty else "run one after the other"
         out.append(f"Reg-PTQ's calibration took {ratios.mean():.2f}x BRECQ's wall time ({spread} {how}).")
     cadence = cadence_table(result)
     for _, row in cadence.iloc[1:].iterrows():
