@@ -112,6 +112,11 @@ def against(result: dict, table: str, rows: list[str], reference: str) -> pd.Dat
     return pd.DataFrame(out, columns=["row", "setting", "AP", reference, "gap", "verdict"])
 
 
+def _has_curve(result: dict) -> bool:
+    """Whether the bench holds budget-curve runs (the tiny RetinaNet's does; the tiny Faster R-CNN's does not)."""
+    return any(r.get("table") == "budget" for r in result["runs"])
+
+
 def budget_curve(result: dict) -> pd.DataFrame:
     """AP against iterations per unit: index iterations, columns (method, setting)."""
     frame = runs_frame(result)
@@ -213,7 +218,7 @@ def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.Da
     budget curve, which runs each budget's methods one after the other in one process for this; a bench without a
     curve (the tiny Faster R-CNN's) from its methods table, whose runs share the machine with whatever else ran."""
     frame = runs_frame(result)
-    timed = "budget" if (frame.table == "budget").any() else "methods"
+    timed = "budget" if _has_curve(result) else "methods"
     runs = frame[frame.table == timed].drop_duplicates(["row", "setting", "seed", "iters"])
     pairs = runs[runs.row == method].merge(runs[runs.row == baseline], on=["setting", "seed", "iters"])
     return pd.DataFrame({
@@ -381,7 +386,7 @@ def findings(result: dict) -> list[str]:
     the best baseline per setting (with the verdict), the ablation against full Reg-PTQ, Reg-PTQ's two parts on
     QDrop, the time ratio."""
     out = []
-    curve = budget_curve(result) if any(r.get("table") == "budget" for r in result["runs"]) else pd.DataFrame()
+    curve = budget_curve(result) if _has_curve(result) else pd.DataFrame()
     if not curve.empty and result.get("iters") is not None:
         budget = result["iters"]
         later = [n for n in curve.index if n > budget]
