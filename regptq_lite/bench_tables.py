@@ -49,10 +49,17 @@ def seed_stats(frame: pd.DataFrame, table: str) -> pd.DataFrame:
     return stats.rename(columns={"count": "n"}).reset_index()
 
 
+def _ap(value: float) -> str:
+    """An AP to one decimal; rounded to 1e-6 first so that one mean summed in two orders (65.4499.. and 65.45)
+    prints the same in every table."""
+    return f"{round(value, 6):.1f}"
+
+
 def _cell(row: pd.Series) -> str:
+    """'mean (min-max)' of a ``seed_stats`` row; the mean alone for one seed."""
     if row["n"] == 1:
-        return f"{row['mean']:.1f}"
-    return f"{row['mean']:.1f} ({row['min']:.1f}-{row['max']:.1f})"
+        return _ap(row["mean"])
+    return f"{_ap(row['mean'])} ({_ap(row['min'])}-{_ap(row['max'])})"
 
 
 def wide(stats: pd.DataFrame, rows: list[str], columns: list[str]) -> pd.DataFrame:
@@ -107,7 +114,7 @@ def against(result: dict, table: str, rows: list[str], reference: str) -> pd.Dat
         for setting in SETTINGS:
             if (row, setting) in stats.index and (reference, setting) in stats.index:
                 a, b = stats.loc[(row, setting)], stats.loc[(reference, setting)]
-                out.append({"row": row, "setting": setting, "AP": _spread(a), reference: _spread(b),
+                out.append({"row": row, "setting": setting, "AP": _cell(a), reference: _cell(b),
                             "gap": a["mean"] - b["mean"], "verdict": verdict(a, b)})  # fmt: skip
     return pd.DataFrame(out, columns=["row", "setting", "AP", reference, "gap", "verdict"])
 
@@ -279,7 +286,7 @@ def cadence_table(result: dict) -> pd.DataFrame:
     stats = seed_stats(runs, "cadence").set_index("row")
     iters = runs.groupby("row")["iters"].first()
     return pd.DataFrame([
-        {"row": row, "AP": _spread(stats.loc[row]),
+        {"row": row, "AP": _cell(stats.loc[row]),
          "verdict": "reference" if row == default else verdict(stats.loc[row], stats.loc[default]),
          "L_G passes per unit": -(-int(iters[row]) // every[row])}
         for row in [default, *(r for r in stats.index if r != default)]
@@ -377,10 +384,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _spread(row: pd.Series) -> str:
-    return f"{row['mean']:.1f}" if row["n"] == 1 else f"{row['mean']:.1f} ({row['min']:.1f}-{row['max']:.1f})"
-
-
 def findings(result: dict) -> list[str]:
     """The bench's results in sentences written from its numbers: the budget the curve chose, Reg-PTQ against
     the best baseline per setting (with the verdict), the ablation against full Reg-PTQ, Reg-PTQ's two parts on
@@ -406,8 +409,8 @@ def findings(result: dict) -> list[str]:
     for _, lead in leads(result).iterrows():
         mine = stats.loc[(lead["row"], lead["setting"])]
         theirs = stats.loc[(lead["best baseline"], lead["setting"])]
-        out.append(f"{lead['setting']}: {lead['row']} {_spread(mine)} against {lead['best baseline']} "
-                   f"{_spread(theirs)}, {lead['gap']:+.1f} AP: {lead['verdict']}.")  # fmt: skip
+        out.append(f"{lead['setting']}: {lead['row']} {_cell(mine)} against {lead['best baseline']} "
+                   f"{_cell(theirs)}, {lead['gap']:+.1f} AP: {lead['verdict']}.")  # fmt: skip
     steps = step_size_table(result)
     for product, rows in steps["AP"].groupby(level="lr x iters") if not steps.empty else []:
         cells = [f"{method} {ap:.1f} at {n} iterations" for (n, _, _), row in rows.iterrows()
@@ -416,7 +419,7 @@ def findings(result: dict) -> list[str]:
     ablation = ablation_table(result) if any(r.get("table") == "ablation" for r in result["runs"]) else pd.DataFrame()
     for name, row in ablation.iterrows():
         if name != "Reg-PTQ" and "against Reg-PTQ" in row:
-            out.append(f"Ablation, {name}: {_spread(row)} AP ({row['against Reg-PTQ']} against full Reg-PTQ).")
+            out.append(f"Ablation, {name}: {_cell(row)} AP ({row['against Reg-PTQ']} against full Reg-PTQ).")
     if (sentence := qdrop_parts_sentence(result)) is not None:
         out.append(sentence)
     ratios = timing(result)["ratio"]
