@@ -119,9 +119,9 @@ def against(result: dict, table: str, rows: list[str], reference: str) -> pd.Dat
     return pd.DataFrame(out, columns=["row", "setting", "AP", reference, "gap", "verdict"])
 
 
-def _has_curve(result: dict) -> bool:
-    """Whether the bench holds budget-curve runs (the tiny RetinaNet's does; the tiny Faster R-CNN's does not)."""
-    return any(r.get("table") == "budget" for r in result["runs"])
+def has_table(result: dict, table: str) -> bool:
+    """Whether the bench holds runs of ``table`` (the tiny Faster R-CNN's has no "budget" or "ablation")."""
+    return any(r.get("table") == table for r in result["runs"])
 
 
 def budget_curve(result: dict) -> pd.DataFrame:
@@ -225,7 +225,7 @@ def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.Da
     budget curve, which runs each budget's methods one after the other in one process for this; a bench without a
     curve (the tiny Faster R-CNN's) from its methods table, whose runs share the machine with whatever else ran."""
     frame = runs_frame(result)
-    timed = "budget" if _has_curve(result) else "methods"
+    timed = "budget" if has_table(result, "budget") else "methods"
     runs = frame[frame.table == timed].drop_duplicates(["row", "setting", "seed", "iters"])
     pairs = runs[runs.row == method].merge(runs[runs.row == baseline], on=["setting", "seed", "iters"])
     return pd.DataFrame({
@@ -389,7 +389,7 @@ def findings(result: dict) -> list[str]:
     the best baseline per setting (with the verdict), the ablation against full Reg-PTQ, Reg-PTQ's two parts on
     QDrop, the time ratio."""
     out = []
-    curve = budget_curve(result) if _has_curve(result) else pd.DataFrame()
+    curve = budget_curve(result) if has_table(result, "budget") else pd.DataFrame()
     if not curve.empty and result.get("iters") is not None:
         budget = result["iters"]
         later = [n for n in curve.index if n > budget]
@@ -416,7 +416,7 @@ def findings(result: dict) -> list[str]:
         cells = [f"{method} {ap:.1f} at {n} iterations" for (n, _, _), row in rows.iterrows()
                  for method, ap in row.dropna().items()]  # fmt: skip
         out.append(f"Step size, AdaRound lr x iterations = {product:g}: {', '.join(cells)}.")
-    ablation = ablation_table(result) if any(r.get("table") == "ablation" for r in result["runs"]) else pd.DataFrame()
+    ablation = ablation_table(result) if has_table(result, "ablation") else pd.DataFrame()
     for name, row in ablation.iterrows():
         if name != "Reg-PTQ" and "against Reg-PTQ" in row:
             out.append(f"Ablation, {name}: {_cell(row)} AP ({row['against Reg-PTQ']} against full Reg-PTQ).")
@@ -425,7 +425,11 @@ def findings(result: dict) -> list[str]:
     ratios = timing(result)["ratio"]
     if len(ratios):
         spread = "one pair" if len(ratios) == 1 else f"{ratios.min():.2f}-{ratios.max():.2f} over {len(ratios)} pairs"
-        how = "from the methods table, whose runs shared the machine" if curve.empty else "run one after the other"
+        how = (
+            "run one after the other"
+            if has_table(result, "budget")
+            else "from the methods table, whose runs shared the machine"
+        )  # as ``timing`` chose its pairs
         out.append(f"Reg-PTQ's calibration took {ratios.mean():.2f}x BRECQ's wall time ({spread} {how}).")
     cadence = cadence_table(result)
     for _, row in cadence.iloc[1:].iterrows():
