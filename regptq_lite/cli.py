@@ -33,6 +33,51 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _seed(text: str) -> int:
+    value = _integer(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed in 0..2**32 - 1, got {value}")
+    return value
+
+
+def _bits(text: str) -> int:
+    from .quantizers import MAX_BITS, MIN_BITS
+
+    value = _integer(text)
+    if not MIN_BITS <= value <= MAX_BITS:
+        raise argparse.ArgumentTypeError(f"bit-width must be an integer in [{MIN_BITS}, {MAX_BITS}], got {value}")
+    return value
+
+
+def _threshold(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
+
+
+def _checkpoint(text: str) -> str:
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; expected a checkpoint file (or 'random')")
+    return text
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from .detectors import CHECKPOINTS
     from .outputs import check_checkpoint_out
@@ -91,13 +136,6 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
@@ -230,6 +268,7 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
         "--weights",
         "--checkpoint",
         dest="checkpoint",
+        type=_checkpoint,
         default=None,
         help="state dict file (default: the shipped checkpoint), or 'random' for a smoke run",
     )
@@ -260,12 +299,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny_retinanet", choices=sorted(CHECKPOINTS))
     p.add_argument("--iters", type=_positive_int, default=None, help="steps (default: the shipped schedule)")
     p.add_argument("--batch-size", type=_positive_int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--matcher", default=MATCHERS[0], choices=MATCHERS, help="anchor matching (tiny_retinanet)")
     p.add_argument("--box-loss", default=BOX_LOSSES[0], choices=BOX_LOSSES, help="box loss (tiny_retinanet)")
     p.add_argument("--head-init", default=HEAD_INITS[0], choices=HEAD_INITS, help="head tower init (tiny_retinanet)")
     p.add_argument("--threads", type=_positive_int, default=2, help="CPU threads (fixed for reproducibility)")
-    p.add_argument("--out", type=Path, default=None, help="checkpoint path (default: the shipped one)")
+    p.add_argument("--out", type=_path, default=None, help="checkpoint path (default: the shipped one)")
     _force_argument(p, "an existing checkpoint at --out")
     p.set_defaults(run=_cmd_train)
 
@@ -277,8 +316,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="quantize the detector fully with one PTQ method and evaluate it")
     p.add_argument("--method", required=True, choices=list(METHODS))
-    p.add_argument("--wbits", type=_integer, required=True, help="weight bits (2-16)")
-    p.add_argument("--abits", type=_integer, required=True, help="activation bits (2-16)")
+    p.add_argument("--wbits", type=_bits, required=True, help="weight bits (2-16)")
+    p.add_argument("--abits", type=_bits, required=True, help="activation bits (2-16)")
     p.add_argument(
         "--iters", type=_integer, default=None, help="steps per unit (default: the bench budget; naive ignores it)"
     )
@@ -294,12 +333,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fast", action="store_true", help="quick settings: 20 iters, 32 calibration, 100 validation scenes"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--regime", default="full", choices=list(REGIMES))
     _model_arguments(p)
     p.add_argument("--head-quantizer", choices=["uniform", "llaq"], default=None, help="default: the method's")
-    p.add_argument("--theta-c", type=float, default=None, help="FGIC confidence filter (default 2e-4)")
-    p.add_argument("--theta-i", type=float, default=None, help="FGIC IoU filter (default 0.1)")
+    p.add_argument("--theta-c", type=_threshold, default=None, help="FGIC confidence filter (default 2e-4)")
+    p.add_argument("--theta-i", type=_threshold, default=None, help="FGIC IoU filter (default 0.1)")
     p.add_argument("--global-loss", action=argparse.BooleanOptionalAction, default=None, help="FGIC's L_G term")
     p.add_argument(
         "--adaround-lr",
@@ -313,7 +352,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--llaq-rounding", choices=LLAQ_ROUNDINGS, default=None, help="LLAQ exponents: learned (default) or nearest"
     )
-    p.add_argument("--save", type=Path, default=None, help="write the integer form (codes, scales) here")
+    p.add_argument("--save", type=_path, default=None, help="write the integer form (codes, scales) here")
     _force_argument(p, "an existing integer export at --save")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_calibrate)
@@ -328,24 +367,24 @@ def make_parser() -> argparse.ArgumentParser:
         help="tiny_fasterrcnn: its methods x bits table, in bench_tiny_fasterrcnn.json",
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: data/results, --fast: reports/bench)"
+        "--out", type=_path, default=None, help="output folder (default: data/results, --fast: reports/bench)"
     )
     p.set_defaults(run=_cmd_bench)
 
     p = sub.add_parser("toy", help="the paper's toy study: regressor vs classifier under noise and quantization")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--draws", type=_positive_int, default=20, help="noise draws per point")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_toy)
 
     p = sub.add_parser("report", help="execute the notebooks and write the HTML report to reports/")
     p.add_argument("--fast", action="store_true", help="FAST notebook settings (a quick run)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: reports/)")
+    p.add_argument("--out", type=_path, default=None, help="output folder (default: reports/)")
     _force_argument(p, "an existing report in --out")
     p.set_defaults(run=_cmd_report)
 
     p = sub.add_parser("student", help="write student copies of the notebooks (solutions removed)")
-    p.add_argument("--out", type=Path, default=STUDENT_DIR)
+    p.add_argument("--out", type=_path, default=STUDENT_DIR)
     _force_argument(p, "existing student copies in --out")
     p.set_defaults(run=_cmd_student)
     return parser

@@ -66,6 +66,11 @@ def test_the_entry_point_reports_bad_input_in_one_line(args, needle):
         (("calibrate", "--method", "brecq", "--wbits", "2", "--abits", "4", "--adaround-lr", "0"), "positive number"),
         (("calibrate", "--method", "brecq", "--wbits", "2", "--abits", "4", "--adaround-lr", "x"), "positive number"),
         ((), "required"),
+        (("train", "--seed", "-1"), "argument --seed: expected a seed in 0..2**32 - 1, got -1"),
+        (("toy", "--seed", str(2**32)), "argument --seed: expected a seed"),
+        (("train", "--out", ""), "argument --out: expected a path, got an empty string"),
+        (("report", "--out", " "), "argument --out: expected a path"),
+        (("eval", "--weights", "."), "argument --weights/--checkpoint: . is a folder; expected a checkpoint file"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, args, needle):
@@ -92,8 +97,25 @@ CALIB = ("calibrate", "--method", "naive")
     "args, needle",
     [
         (("calibrate", "--method", "magic", "--wbits", "4", "--abits", "4"), "invalid choice"),
-        ((*CALIB, "--wbits", "0", "--abits", "4"), "bit-width must be an integer in [2, 16], got 0"),
-        ((*CALIB, "--wbits", "33", "--abits", "4"), "got 33"),
+        ((*CALIB, "--wbits", "0", "--abits", "4"), "argument --wbits: bit-width must be an integer in [2, 16], got 0"),
+        (
+            (*CALIB, "--wbits", "4", "--abits", "33"),
+            "argument --abits: bit-width must be an integer in [2, 16], got 33",
+        ),
+        ((*CALIB, "--wbits", "4", "--abits", "4", "--seed", "-1"), "argument --seed: expected a seed"),
+        (
+            (*CALIB, "--wbits", "4", "--abits", "4", "--theta-c", "-1"),
+            "argument --theta-c: expected a number in [0, 1]",
+        ),
+        (
+            (*CALIB, "--wbits", "4", "--abits", "4", "--theta-c", "nan"),
+            "argument --theta-c: expected a number in [0, 1]",
+        ),
+        (
+            (*CALIB, "--wbits", "4", "--abits", "4", "--theta-i", "1.5"),
+            "argument --theta-i: expected a number in [0, 1]",
+        ),
+        ((*CALIB, "--wbits", "4", "--abits", "4", "--theta-i", "x"), "argument --theta-i: expected a number in [0, 1]"),
         ((*CALIB, "--wbits", "4.5", "--abits", "4"), "expected an integer"),
         ((*CALIB, "--wbits", "4", "--abits", "4", "--calib-images", "0"), "calibration set is empty"),
         ((*CALIB, "--wbits", "4", "--abits", "4", "--checkpoint", "nope.pt"), "checkpoint not found"),
