@@ -48,12 +48,12 @@ def _seed(text: str) -> int:
 
 
 def _bits(text: str) -> int:
-    from .quantizers import MAX_BITS, MIN_BITS
+    from .quantizers import check_bits
 
-    value = _integer(text)
-    if not MIN_BITS <= value <= MAX_BITS:
-        raise argparse.ArgumentTypeError(f"bit-width must be an integer in [{MIN_BITS}, {MAX_BITS}], got {value}")
-    return value
+    try:
+        return check_bits(_integer(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _threshold(text: str) -> float:
