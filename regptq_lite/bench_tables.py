@@ -15,15 +15,14 @@ from .bench import (
     ABLATION,
     ABLATION_BITS,
     BITS,
-    CADENCE,
     CURVE_ITERS,
     DEFAULT_MODEL,
     FILTER_GRID,
+    LG_COST,
     QDROP_PARTS,
     ROWS,
     SEEDS,
     STEP_SIZES,
-    cadence_row,
     curve_plan,
     plan,
 )
@@ -272,26 +271,30 @@ def rounding_decided(result: dict, row: str = REGPTQ) -> pd.DataFrame:
 
 
 def cadence_table(result: dict) -> pd.DataFrame:
-    """Reg-PTQ at W2A4 with L_G's pass taken every n steps (``bench.CADENCE``) beside its default: AP mean
-    (min-max), the verdict against the default, and the passes per unit, what the cadence saves. (Not seconds:
-    these runs and the default's ran in different sessions, and this machine's speed drifts between sessions.)"""
+    """Reg-PTQ at W2A4 with L_G's pass made cheaper (``bench.LG_COST``) beside its default: AP mean (min-max),
+    the verdict against the default, and what each row saves: passes per unit, images per pass and the images
+    that go through L_G per unit (their product). (Not seconds: these runs and the default's ran in different
+    sessions, and this machine's speed drifts between sessions.)"""
     frame = runs_frame(result)
     runs = frame[frame.setting == "W{}A{}".format(*BITS[0])]
-    default = f"{cadence_row(ReconSettings.global_every)} (default)"
-    every = {default: ReconSettings.global_every, **{cadence_row(n): n for n in CADENCE}}
+    base = ReconSettings()
+    default = f"L_G every {base.global_every} steps on {base.global_images} images (default)"
+    settings = {default: {}, **LG_COST}
     runs = pd.concat([runs[runs.table == "cadence"], runs[(runs.table == "methods") & (runs.row == REGPTQ)]])
     runs = runs.assign(table="cadence", row=runs.row.replace(REGPTQ, default))
+    columns = ["row", "AP", "verdict", "passes per unit", "images per pass", "images per unit"]
     if not (runs.row != default).any():
-        return pd.DataFrame(columns=["row", "AP", "verdict", "L_G passes per unit"])
+        return pd.DataFrame(columns=columns)
     stats = seed_stats(runs, "cadence").set_index("row")
     iters = runs.groupby("row")["iters"].first()
-    return pd.DataFrame([
-        {"row": row, "AP": _cell(stats.loc[row]),
-         "verdict": "reference" if row == default else verdict(stats.loc[row], stats.loc[default]),
-         "L_G passes per unit": -(-int(iters[row]) // every[row])}
-        for row in [default, *(r for r in stats.index if r != default)]
-        if row in stats.index
-    ])  # fmt: skip
+    rows = []
+    for row in [default, *(r for r in stats.index if r != default)]:
+        every = settings[row].get("global_every", base.global_every)
+        images = settings[row].get("global_images", base.global_images)
+        passes = -(-int(iters[row]) // every)
+        verdict_ = "reference" if row == default else verdict(stats.loc[row], stats.loc[default])
+        rows.append(dict(zip(columns, [row, _cell(stats.loc[row]), verdict_, passes, images, passes * images])))
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _markdown_table(frame: pd.DataFrame, index: bool = True, digits: int = 2) -> list[str]:
@@ -371,7 +374,7 @@ def markdown(result: dict) -> str:
         lines += ["", "## Filter thresholds (Reg-PTQ, W2A4, seed 0): rows theta_C, columns theta_I", ""]
         lines += _markdown_table(filter_table(result), digits=1)
     else:
-        lines += ["", "## How often L_G's pass runs (Reg-PTQ, W2A4)", ""]
+        lines += ["", "## L_G's pass made cheaper (Reg-PTQ, W2A4)", ""]
         lines += _markdown_table(cadence_table(result), index=False)
     lines += ["", "## Learned rounding left undecided when soft rounding ended (Reg-PTQ, per unit)", ""]
     lines += _markdown_table(rounding_decided(result), index=False, digits=4)
@@ -434,9 +437,9 @@ def findings(result: dict) -> list[str]:
     cadence = cadence_table(result)
     for _, row in cadence.iloc[1:].iterrows():
         reference = cadence.iloc[0]
-        passes = f"{row['L_G passes per unit']} L_G passes per unit against {reference['L_G passes per unit']}"
+        work = f"{row['images per unit']} images through L_G per unit against {reference['images per unit']}"
         out.append(f"{row['row']}: {row['AP']} AP against {reference['row']} {reference['AP']}, {row['verdict']} "
-                   f"({passes}).")  # fmt: skip
+                   f"({work}).")  # fmt: skip
     return out
 
 

@@ -12,11 +12,11 @@ from regptq_lite import bench, bench_share, provenance
 from regptq_lite.bench import (
     ABLATION,
     BITS,
-    CADENCE,
     CALIB_IMAGES,
     CURVE_ITERS,
     CURVE_METHODS,
     FILTER_GRID,
+    LG_COST,
     QDROP_PARTS,
     ROWS,
     SEEDS,
@@ -169,21 +169,28 @@ def test_unit_seconds_pair_each_unit_of_reg_ptq_with_brecqs_at_the_same_setting_
     assert unit_seconds(_result([_run("methods", "brecq", 2, 4, 0, 30.0)])).empty
 
 
-def test_the_cadence_table_sets_each_cadence_beside_the_default_with_its_passes_per_unit():
+def test_the_cadence_table_sets_each_cheaper_l_g_beside_the_default_with_the_work_it_saves():
     runs = [_run("methods", "brecq", 2, 4, s, 30.0) for s in range(3)]
     runs += [_run("methods", "regptq", 2, 4, s, 40.0 + s) for s in range(3)]
     runs += [_run("methods", "regptq", 4, 4, 0, 60.0)]  # another setting: not in the table
     runs += [_run("cadence", "L_G every 48 steps", 2, 4, s, 36.0 + s / 10) for s in range(3)]
+    runs += [_run("cadence", "L_G on 2 images", 2, 4, 0, 40.5)]  # one seed so far
     table = cadence_table(_result(runs)).set_index("row")
-    default = f"L_G every {ReconSettings.global_every} steps (default)"
-    assert table.index.tolist() == [default, "L_G every 48 steps"]
+    base = ReconSettings()
+    default = f"L_G every {base.global_every} steps on {base.global_images} images (default)"
+    assert table.index.tolist() == [default, "L_G every 48 steps", "L_G on 2 images"]
     assert table.loc[default, "AP"] == "41.0 (40.0-42.0)" and table.loc[default, "verdict"] == "reference"
     assert table.loc["L_G every 48 steps", "AP"] == "36.1 (36.0-36.2)"
     assert table.loc["L_G every 48 steps", "verdict"] == "behind"
-    assert table["L_G passes per unit"].tolist() == [-(-500 // ReconSettings.global_every), 11]  # 500 iterations
+    assert table.loc["L_G on 2 images", "verdict"] == "not enough seeds"
+    passes = -(-500 // base.global_every)  # 500 iterations
+    assert table["passes per unit"].tolist() == [passes, 11, passes]
+    assert table["images per pass"].tolist() == [base.global_images, base.global_images, 2]
+    assert table["images per unit"].tolist() == [passes * base.global_images, 11 * base.global_images, passes * 2]
     assert cadence_table(_result(runs[:7])).empty  # no cadence run yet
-    sentence = f"L_G every 48 steps: 36.1 (36.0-36.2) AP against {default} 41.0 (40.0-42.0), behind (11 L_G passes"
-    assert any(line.startswith(sentence) for line in findings(_result(runs)))
+    work = f"{11 * base.global_images} images through L_G per unit against {passes * base.global_images}"
+    sentence = f"L_G every 48 steps: 36.1 (36.0-36.2) AP against {default} 41.0 (40.0-42.0), behind ({work})."
+    assert sentence in findings(_result(runs))
 
 
 def test_step_sizes_beside_the_curve_at_the_same_iterations():
@@ -275,16 +282,16 @@ def test_an_unfinished_curve_reports_its_last_doublings_and_undecided_roundings(
 def test_a_second_model_gets_the_methods_table_in_its_own_file():
     runs = plan(500, model="tiny_fasterrcnn")
     assert {r["table"] for r in runs} == {"methods", "cadence"}
-    # the cadence runs come right after the verdict at W2A4, every seed, Reg-PTQ with only L_G's step changed
-    cadence = runs[len(SEEDS) * len(CURVE_METHODS) :][: len(SEEDS) * len(CADENCE)]
+    # the cheaper-L_G runs come right after the verdict at W2A4, every seed, Reg-PTQ with only L_G's pass changed
+    cadence = runs[len(SEEDS) * len(CURVE_METHODS) :][: len(SEEDS) * len(LG_COST)]
     assert {r["table"] for r in cadence} == {"cadence"} and {r["seed"] for r in cadence} == set(SEEDS)
-    expected = [{"weight_lr": WEIGHT_LR, "global_every": n} for _ in SEEDS for n in CADENCE]
+    expected = [{"weight_lr": WEIGHT_LR, **changed} for _ in SEEDS for changed in LG_COST.values()]
     assert [r["overrides"] for r in cadence] == expected
     assert {r["method"] for r in plan(500, methods=["brecq"], model="tiny_fasterrcnn")} == {"brecq"}
     assert result_name() == "bench.json" and result_name("tiny_fasterrcnn") == "bench_tiny_fasterrcnn.json"
     text = markdown({**_result([_run("methods", "naive", 2, 4, 0, 12.3)]), "model": "tiny_fasterrcnn"})
     assert "Methods x bits, tiny_fasterrcnn" in text and "Filter thresholds" not in text and "Budget curve" not in text
-    assert "How often L_G's pass runs" in text and "How often" not in markdown(_result([]))
+    assert "L_G's pass made cheaper" in text and "made cheaper" not in markdown(_result([]))
     # naive has no Reg-PTQ to compare or time: those tables say so instead of a header with no rows
     assert "## Reg-PTQ against the best baseline (a lead only beyond the seed spread)\n\n(no runs yet)" in text
 
