@@ -109,16 +109,15 @@ def curve_plan(fast: bool = False) -> list[dict]:
     return [_run("budget", m, m, bits, 0, n) for bits in CURVE_BITS for n in CURVE_ITERS for m in CURVE_METHODS]
 
 
-def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model: str = DEFAULT_MODEL) -> list[dict]:
-    """Every run after the budget curve, at ``iters`` per unit (only rows whose method is in ``methods``, if
-    given), in the order that makes a half-finished bench most useful: first the step-size runs (``STEP_SIZES``),
-    then the verdict (BRECQ, QDrop and Reg-PTQ with every seed at W2A4, Reg-PTQ's ``VARIANTS`` there with the first
-    seed, then the verdict at W3A3), the ablation with the first seed, the verdict's methods at W4A4 and W4A8 with
-    the first seed, the ablation's other seeds (the two-by-two's cells first), every row at every setting (W2A4
-    first) with the first seed, the other seeds at W2A4 and W3A3, the filter grid, and the other seeds at W4A4 and
-    W4A8. Reconstruction runs outside the step-size table use ``WEIGHT_LR``. Models other than the tiny RetinaNet
-    get the methods table only, and the ``LG_COST`` runs after the verdict at W2A4. ``fast``: one seed, and only
-    the first run of each table and row at W2A4."""
+def plan(iters: int, fast: bool = False, model: str = DEFAULT_MODEL) -> list[dict]:
+    """Every run after the budget curve, at ``iters`` per unit, in the order that makes a half-finished bench most
+    useful: first the step-size runs (``STEP_SIZES``), then the verdict (BRECQ, QDrop and Reg-PTQ with every seed at
+    W2A4, Reg-PTQ's ``VARIANTS`` there with the first seed, then the verdict at W3A3), the ablation with the first
+    seed, the verdict's methods at W4A4 and W4A8 with the first seed, the ablation's other seeds (the two-by-two's
+    cells first), every row at every setting (W2A4 first) with the first seed, the other seeds at W2A4 and W3A3, the
+    filter grid, and the other seeds at W4A4 and W4A8. Reconstruction runs outside the step-size table use
+    ``WEIGHT_LR``. Models other than the tiny RetinaNet get the methods table only, and the ``LG_COST`` runs after
+    the verdict at W2A4. ``fast``: one seed, and only the first run of each table and row at W2A4."""
     seeds = FAST["seeds"] if fast else SEEDS
 
     def tuned(method: str, overrides: dict) -> dict:
@@ -170,9 +169,20 @@ def plan(iters: int, fast: bool = False, methods: list[str] | None = None, model
     runs += methods_runs(BITS[2:], seeds[1:])
     if fast:
         runs = [r for r in runs if (r["wbits"], r["abits"]) == ABLATION_BITS and r["row"] in FAST_ROWS]
-    if methods is not None:
-        runs = [r for r in runs if r["method"] in methods]
     return list({json.dumps(r, sort_keys=True): r for r in runs}.values())  # a run asked for twice: its first place
+
+
+def select(
+    runs: list[dict], methods: list[str] | None = None, rows: list[str] | None = None, seeds: list[int] | None = None
+) -> list[dict]:
+    """The runs whose method, row and seed are among those given (``None``: any)."""
+    wanted = {"method": methods, "row": rows, "seed": seeds}
+    return [r for r in runs if all(chosen is None or r[field] in chosen for field, chosen in wanted.items())]
+
+
+def planned_runs(model: str = DEFAULT_MODEL, fast: bool = False) -> list[dict]:
+    """Every run of ``model``'s bench: the budget curve's (the tiny RetinaNet's), then the plan's."""
+    return (curve_plan(fast) if model == DEFAULT_MODEL else []) + plan(CURVE_ITERS[-1], fast, model)
 
 
 def key(spec: dict, calib_images: int) -> str:
@@ -285,9 +295,12 @@ def run_bench(
     methods: list[str] | None = None,
     model: str = DEFAULT_MODEL,
     after_run: Callable[[dict], None] | None = None,
+    rows: list[str] | None = None,
+    seeds: list[int] | None = None,
 ) -> dict:
-    """Run (or resume) every benchmark of ``model``; write its JSON (``result_name``) to ``out_dir``
-    after every run (then call ``after_run`` with the result so far), and return it."""
+    """Run (or resume) every benchmark of ``model`` (only the runs of ``methods``, ``rows`` and ``seeds``, if
+    given); write its JSON (``result_name``) to ``out_dir`` after every run (then call ``after_run`` with the
+    result so far), and return it."""
     out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     calib_images = FAST["calib_images"] if fast else CALIB_IMAGES
@@ -356,13 +369,13 @@ def run_bench(
         save()
         return [{**done[k], "table": s["table"], "row": s["row"]} for s, k in zip(specs, keys)]
 
-    curve = [s for s in curve_plan(fast) if methods is None or s["method"] in methods]
+    curve = select(curve_plan(fast), methods, rows, seeds)
     if model == DEFAULT_MODEL and curve:
         result["iters"] = converged_budget(execute(curve, "budget curve"))
         save()  # the budget, before the first run of the plan ends
     else:
         result["iters"] = FAST["iters"] if fast else decided_budget()
-    execute(plan(result["iters"], fast, methods, model), f"bench {model}")
+    execute(select(plan(result["iters"], fast, model), methods, rows, seeds), f"bench {model}")
     return result
 
 

@@ -220,18 +220,26 @@ def filter_table(result: dict) -> pd.DataFrame:
 
 
 def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.DataFrame:
-    """Calibration wall time of ``method`` over ``baseline`` at the same setting, seed and budget, from the
-    budget curve, which runs each budget's methods one after the other in one process for this; a bench without a
-    curve (the tiny Faster R-CNN's) from its methods table, whose runs share the machine with whatever else ran."""
+    """Calibration wall time of ``method`` (a row, or a row of the cheaper-L_G table) over ``baseline`` at the
+    same setting, seed and budget, from the budget curve, which runs each budget's methods one after the other in
+    one process for this; a bench without a curve (the tiny Faster R-CNN's) from its methods table, whose runs share
+    the machine with whatever else ran."""
     frame = runs_frame(result)
     timed = "budget" if has_table(result, "budget") else "methods"
-    runs = frame[frame.table == timed].drop_duplicates(["row", "setting", "seed", "iters"])
+    runs = frame[frame.table.isin((timed, "cadence"))].drop_duplicates(["row", "setting", "seed", "iters"])
     pairs = runs[runs.row == method].merge(runs[runs.row == baseline], on=["setting", "seed", "iters"])
     return pd.DataFrame({
         "setting": pairs["setting"], "seed": pairs["seed"], "iters": pairs["iters"],
         f"{method} s": pairs["calibration_seconds_x"], f"{baseline} s": pairs["calibration_seconds_y"],
         "ratio": pairs["calibration_seconds_x"] / pairs["calibration_seconds_y"],
     })  # fmt: skip
+
+
+def cadence_timing(result: dict) -> pd.DataFrame:
+    """``timing`` of each cheaper-L_G row (``bench.LG_COST``) over BRECQ, in one table."""
+    tables = [timing(result, row).rename(columns={f"{row} s": "Reg-PTQ s"}).assign(row=row) for row in LG_COST]
+    frame = pd.concat([t for t in tables if not t.empty] or tables[:1], ignore_index=True)
+    return frame[["row", *frame.columns.drop("row")]]
 
 
 def _units_frame(result: dict, rows: tuple[str, ...]) -> pd.DataFrame:
@@ -287,12 +295,14 @@ def cadence_table(result: dict) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     stats = seed_stats(runs, "cadence").set_index("row")
     iters = runs.groupby("row")["iters"].first()
+    reference = default in stats.index
     rows = []
-    for row in [default, *(r for r in stats.index if r != default)]:
+    for row in [default] * reference + [r for r in stats.index if r != default]:
         every = settings[row].get("global_every", base.global_every)
         images = settings[row].get("global_images", base.global_images)
         passes = -(-int(iters[row]) // every)
-        verdict_ = "reference" if row == default else verdict(stats.loc[row], stats.loc[default])
+        verdict_ = "no default run" if not reference else "reference" if row == default else None
+        verdict_ = verdict_ or verdict(stats.loc[row], stats.loc[default])
         rows.append(dict(zip(columns, [row, _cell(stats.loc[row]), verdict_, passes, images, passes * images])))
     return pd.DataFrame(rows, columns=columns)
 
@@ -376,6 +386,8 @@ def markdown(result: dict) -> str:
     else:
         lines += ["", "## L_G's pass made cheaper (Reg-PTQ, W2A4)", ""]
         lines += _markdown_table(cadence_table(result), index=False)
+        lines += ["", "Their calibration time over BRECQ's (same setting, seed and budget):", ""]
+        lines += _markdown_table(cadence_timing(result), index=False)
     lines += ["", "## Learned rounding left undecided when soft rounding ended (Reg-PTQ, per unit)", ""]
     lines += _markdown_table(rounding_decided(result), index=False, digits=4)
     lines += ["", "## Weight MSE: LLAQ vs MSE-searched uniform", ""]
@@ -435,11 +447,16 @@ def findings(result: dict) -> list[str]:
         )  # as ``timing`` chose its pairs
         out.append(f"Reg-PTQ's calibration took {ratios.mean():.2f}x BRECQ's wall time ({spread} {how}).")
     cadence = cadence_table(result)
-    for _, row in cadence.iloc[1:].iterrows():
-        reference = cadence.iloc[0]
-        work = f"{row['images per unit']} images through L_G per unit against {reference['images per unit']}"
-        out.append(f"{row['row']}: {row['AP']} AP against {reference['row']} {reference['AP']}, {row['verdict']} "
-                   f"({work}).")  # fmt: skip
+    for _, row in cadence[cadence.verdict != "reference"].iterrows():
+        if (cadence.verdict == "reference").any():
+            reference = cadence.iloc[0]
+            work = f"{row['images per unit']} images through L_G per unit against {reference['images per unit']}"
+            out.append(f"{row['row']}: {row['AP']} AP against {reference['row']} {reference['AP']}, "
+                       f"{row['verdict']} ({work}).")  # fmt: skip
+        ratios = timing(result, row["row"])["ratio"]
+        if len(ratios):
+            spread = "one pair" if len(ratios) == 1 else f"{ratios.min():.2f}-{ratios.max():.2f}, {len(ratios)} pairs"
+            out.append(f"{row['row']}: calibration took {ratios.mean():.2f}x BRECQ's wall time ({spread}).")
     return out
 
 

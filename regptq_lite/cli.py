@@ -196,7 +196,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> None:
     from .atomic import write_atomic
-    from .bench import RESULTS_DIR, result_name, run_bench
+    from .bench import RESULTS_DIR, SEEDS, planned_runs, result_name, run_bench, select
     from .bench_tables import markdown
     from .methods import METHODS
     from .outputs import check_bench_out
@@ -208,6 +208,21 @@ def _cmd_bench(args: argparse.Namespace) -> None:
     unknown = set(args.methods or []) - set(METHODS)
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(sorted(unknown))}; expected some of {', '.join(METHODS)}")
+    planned = planned_runs(args.model, args.fast)
+    labels = list(dict.fromkeys(r["row"] for r in planned))
+    unknown = [row for row in args.rows or [] if row not in labels]
+    if unknown:
+        raise UsageError(
+            f"no row {', '.join(map(repr, unknown))} in the {args.model} bench; its rows: {', '.join(labels)}"
+        )
+    unknown = sorted(set(args.seeds or []) - set(SEEDS))
+    if unknown:
+        raise UsageError(
+            f"seed(s) {', '.join(map(str, unknown))} not in the bench; expected some of {', '.join(map(str, SEEDS))}"
+        )
+    if not select(planned, args.methods, args.rows, args.seeds):
+        raise UsageError(f"no run of the {args.model} bench{' --fast' if args.fast else ''} matches these "
+                         "--methods, --rows and --seeds")  # fmt: skip
     path = out / result_name(args.model)
 
     def write_markdown(result: dict) -> str:
@@ -216,7 +231,15 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         return text
 
     text = write_markdown(
-        run_bench(fast=args.fast, out_dir=out, methods=args.methods, model=args.model, after_run=write_markdown)
+        run_bench(
+            fast=args.fast,
+            out_dir=out,
+            methods=args.methods,
+            model=args.model,
+            after_run=write_markdown,
+            rows=args.rows,
+            seeds=args.seeds,
+        )
     )
     print(text)
     print(f"wrote {path} and {path.with_suffix('.md')}")
@@ -360,6 +383,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmark figures; writes bench.json and bench.md")
     p.add_argument("--fast", action="store_true", help="fewer calibration images, tiny model only")
     p.add_argument("--methods", nargs="+", default=None, help="run only these methods (default: all)")
+    p.add_argument("--rows", nargs="+", default=None, help="run only these rows, by label (default: all)")
+    p.add_argument("--seeds", nargs="+", type=_seed, default=None, help="run only these seeds (default: all)")
     p.add_argument(
         "--model",
         default="tiny_retinanet",

@@ -27,12 +27,15 @@ from regptq_lite.bench import (
     curve_plan,
     key,
     plan,
+    planned_runs,
     result_name,
+    select,
 )
 from regptq_lite.bench_tables import (
     ablation_table,
     against,
     cadence_table,
+    cadence_timing,
     filter_table,
     findings,
     leads,
@@ -193,6 +196,35 @@ def test_the_cadence_table_sets_each_cheaper_l_g_beside_the_default_with_the_wor
     assert sentence in findings(_result(runs))
 
 
+def test_a_cheaper_l_g_is_timed_against_brecq_and_shown_without_a_default_run():
+    # a quiet pair (``bench --rows brecq "L_G on 2 images" --seeds 0``): no default Reg-PTQ run to compare AP with
+    runs = [_run("methods", "brecq", 2, 4, 0, 30.0, seconds=10.0), _run("methods", "brecq", 2, 4, 1, 30.0)]
+    runs += [_run("cadence", "L_G on 2 images", 2, 4, 0, 40.5, seconds=14.0)]
+    result = _result(runs)
+    table = cadence_table(result)
+    assert table["row"].tolist() == ["L_G on 2 images"] and table["verdict"].tolist() == ["no default run"]
+    times = cadence_timing(result)
+    assert times[["row", "seed", "Reg-PTQ s", "brecq s"]].values.tolist() == [["L_G on 2 images", 0, 14.0, 10.0]]
+    assert times["ratio"].tolist() == [pytest.approx(1.4)]
+    assert "L_G on 2 images: calibration took 1.40x BRECQ's wall time (one pair)." in findings(result)
+    assert timing(result).empty  # the default row's own timing has no Reg-PTQ run
+    assert "| L_G on 2 images | W2A4 | 0 | 500 | 14.00 | 10.00 | 1.40 |" in markdown(
+        {**result, "model": "tiny_fasterrcnn"}
+    )
+    assert cadence_timing(_result(runs[:2])).empty
+
+
+def test_runs_are_chosen_by_method_row_and_seed():
+    runs = planned_runs("tiny_fasterrcnn")
+    assert runs == plan(CURVE_ITERS[-1], model="tiny_fasterrcnn")  # no budget curve for the second model
+    assert {r["method"] for r in select(runs, methods=["brecq"])} == {"brecq"}
+    pair = select(runs, rows=["brecq", "L_G on 2 images"], seeds=[0])
+    assert [(r["row"], r["wbits"], r["abits"]) for r in pair[:2]] == [("brecq", 2, 4), ("L_G on 2 images", 2, 4)]
+    assert {r["seed"] for r in pair} == {0} and {r["row"] for r in pair} == {"brecq", "L_G on 2 images"}
+    assert select(runs) == runs and select(runs, methods=["naive"], rows=["brecq"]) == []
+    assert planned_runs()[: len(curve_plan())] == curve_plan()  # the RetinaNet's curve first
+
+
 def test_step_sizes_beside_the_curve_at_the_same_iterations():
     def run(table, method, iters, lr, ap):
         row = f"{method} {iters} x {lr:g}"
@@ -287,7 +319,6 @@ def test_a_second_model_gets_the_methods_table_in_its_own_file():
     assert {r["table"] for r in cadence} == {"cadence"} and {r["seed"] for r in cadence} == set(SEEDS)
     expected = [{"weight_lr": WEIGHT_LR, **changed} for _ in SEEDS for changed in LG_COST.values()]
     assert [r["overrides"] for r in cadence] == expected
-    assert {r["method"] for r in plan(500, methods=["brecq"], model="tiny_fasterrcnn")} == {"brecq"}
     assert result_name() == "bench.json" and result_name("tiny_fasterrcnn") == "bench_tiny_fasterrcnn.json"
     text = markdown({**_result([_run("methods", "naive", 2, 4, 0, 12.3)]), "model": "tiny_fasterrcnn"})
     assert "Methods x bits, tiny_fasterrcnn" in text and "Filter thresholds" not in text and "Budget curve" not in text

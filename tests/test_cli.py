@@ -71,6 +71,12 @@ def test_the_entry_point_reports_bad_input_in_one_line(args, needle):
         (("train", "--out", ""), "argument --out: expected a path, got an empty string"),
         (("report", "--out", " "), "argument --out: expected a path"),
         (("eval", "--weights", "."), "argument --weights/--checkpoint: . is a folder; expected a checkpoint file"),
+        (("bench", "--rows", "regptq", "nope"), "no row 'nope' in the tiny_retinanet bench; its rows: brecq, "),
+        (("bench", "--model", "tiny_fasterrcnn", "--rows", "0.0002/0.5"), "no row '0.0002/0.5'"),  # RetinaNet's only
+        (("bench", "--seeds", "0", "3"), "seed(s) 3 not in the bench; expected some of 0, 1, 2"),
+        (("bench", "--seeds", "x"), "argument --seeds: expected an integer"),
+        (("bench", "--methods", "naive", "--rows", "brecq"), "no run of the tiny_retinanet bench matches"),
+        (("bench", "--fast", "--rows", "regptq", "--seeds", "1"), "no run of the tiny_retinanet bench --fast matches"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(capsys, args, needle):
