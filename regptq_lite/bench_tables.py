@@ -243,11 +243,12 @@ def cadence_timing(result: dict) -> pd.DataFrame:
 
 
 def _units_frame(result: dict, rows: tuple[str, ...]) -> pd.DataFrame:
-    """Per unit of every methods-table run of ``rows``: the run's row, setting and seed with the unit's diagnostics."""
+    """Per unit of every run of ``rows`` (methods or cheaper-L_G table): the run's row, setting and seed with the
+    unit's diagnostics."""
     units = [
         {"row": r["row"], "setting": f"W{r['wbits']}A{r['abits']}", "seed": r["seed"], **u}
         for r in result["runs"]
-        if r.get("table") == "methods" and r.get("row") in rows
+        if r.get("table") in ("methods", "cadence") and r.get("row") in rows
         for u in r.get("units", [])
     ]
     columns = dict.fromkeys(["row", "setting", "seed", "unit", "seconds", "undecided", *(k for u in units for k in u)])
@@ -255,8 +256,8 @@ def _units_frame(result: dict, rows: tuple[str, ...]) -> pd.DataFrame:
 
 
 def unit_seconds(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.DataFrame:
-    """Per unit, the calibration seconds of ``method`` and ``baseline`` in the methods table (mean over the
-    settings and seeds at which both ran) and the difference: where ``method``'s extra time goes."""
+    """Per unit, the calibration seconds of ``method`` (a row of the methods or cheaper-L_G table) and ``baseline``
+    (mean over the settings and seeds at which both ran) and the difference: where ``method``'s extra time goes."""
     units = _units_frame(result, (method, baseline))
     pairs = units[units.row == method].merge(units[units.row == baseline], on=["setting", "seed", "unit"])
     out = pairs.groupby("unit", sort=False)[["seconds_x", "seconds_y"]].mean()

@@ -170,6 +170,8 @@ def test_unit_seconds_pair_each_unit_of_reg_ptq_with_brecqs_at_the_same_setting_
     assert table["unit"].tolist() == ["stem", "head"]
     assert table["extra s"].tolist() == [6.0, 1.0] and table["regptq s"].tolist() == [16.0, 5.0]
     assert unit_seconds(_result([_run("methods", "brecq", 2, 4, 0, 30.0)])).empty
+    cheaper = [_run("cadence", "L_G on 2 images", 2, 4, 0, 31.0, units=units(12.0, 4.5))]
+    assert unit_seconds(_result(runs + cheaper), "L_G on 2 images")["extra s"].tolist() == [2.0, 0.5]
 
 
 def test_the_cadence_table_sets_each_cheaper_l_g_beside_the_default_with_the_work_it_saves():
