@@ -237,7 +237,9 @@ def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.Da
 
 def cadence_timing(result: dict) -> pd.DataFrame:
     """``timing`` of each cheaper-L_G row (``bench.LG_COST``) over BRECQ, in one table."""
-    tables = [timing(result, row).rename(columns={f"{row} s": "Reg-PTQ s"}).assign(row=row) for row in LG_COST]
+    frame = runs_frame(result)
+    cheaper = frame[frame.table == "cadence"].row.unique().tolist() or list(LG_COST)[:1]  # none: an empty table
+    tables = [timing(result, row).rename(columns={f"{row} s": "Reg-PTQ s"}).assign(row=row) for row in cheaper]
     frame = pd.concat([t for t in tables if not t.empty] or tables[:1], ignore_index=True)
     return frame[["row", *frame.columns.drop("row")]]
 
@@ -281,27 +283,29 @@ def rounding_decided(result: dict, row: str = REGPTQ) -> pd.DataFrame:
 
 def cadence_table(result: dict) -> pd.DataFrame:
     """Reg-PTQ at W2A4 with L_G's pass made cheaper (``bench.LG_COST``) beside its default: AP mean (min-max),
-    the verdict against the default, and what each row saves: passes per unit, images per pass and the images
-    that go through L_G per unit (their product). (Not seconds: these runs and the default's ran in different
-    sessions, and this machine's speed drifts between sessions.)"""
-    frame = runs_frame(result)
-    runs = frame[frame.setting == "W{}A{}".format(*BITS[0])]
+    the verdict against the default, and what each row saves, from the settings its runs recorded (a run that
+    records none ran at the defaults): passes per unit, images per pass and the images that go through L_G per
+    unit (their product). (Not seconds: these runs and the default's ran in different sessions, and this
+    machine's speed drifts between sessions; ``cadence_timing`` has them.)"""
     base = ReconSettings()
+    frame = runs_frame(result)
+    recorded = [r.get("settings", {}) for r in result["runs"]]
+    frame["every"] = [s.get("global_every", base.global_every) for s in recorded]
+    frame["images"] = [s.get("global_images", base.global_images) for s in recorded]
+    runs = frame[frame.setting == "W{}A{}".format(*BITS[0])]
     default = f"L_G every {base.global_every} steps on {base.global_images} images (default)"
-    settings = {default: {}, **LG_COST}
     runs = pd.concat([runs[runs.table == "cadence"], runs[(runs.table == "methods") & (runs.row == REGPTQ)]])
     runs = runs.assign(table="cadence", row=runs.row.replace(REGPTQ, default))
     columns = ["row", "AP", "verdict", "passes per unit", "images per pass", "images per unit"]
     if not (runs.row != default).any():
         return pd.DataFrame(columns=columns)
     stats = seed_stats(runs, "cadence").set_index("row")
-    iters = runs.groupby("row")["iters"].first()
+    first = runs.groupby("row")[["iters", "every", "images"]].first()
     reference = default in stats.index
     rows = []
     for row in [default] * reference + [r for r in stats.index if r != default]:
-        every = settings[row].get("global_every", base.global_every)
-        images = settings[row].get("global_images", base.global_images)
-        passes = -(-int(iters[row]) // every)
+        passes = -(-int(first.loc[row, "iters"]) // int(first.loc[row, "every"]))
+        images = int(first.loc[row, "images"])
         verdict_ = "no default run" if not reference else "reference" if row == default else None
         verdict_ = verdict_ or verdict(stats.loc[row], stats.loc[default])
         rows.append(dict(zip(columns, [row, _cell(stats.loc[row]), verdict_, passes, images, passes * images])))

@@ -178,10 +178,12 @@ def test_the_cadence_table_sets_each_cheaper_l_g_beside_the_default_with_the_wor
     runs = [_run("methods", "brecq", 2, 4, s, 30.0) for s in range(3)]
     runs += [_run("methods", "regptq", 2, 4, s, 40.0 + s) for s in range(3)]
     runs += [_run("methods", "regptq", 4, 4, 0, 60.0)]  # another setting: not in the table
-    runs += [_run("cadence", "L_G every 48 steps", 2, 4, s, 36.0 + s / 10) for s in range(3)]
-    runs += [_run("cadence", "L_G on 2 images", 2, 4, 0, 40.5)]  # one seed so far
-    table = cadence_table(_result(runs)).set_index("row")
     base = ReconSettings()
+    every48 = {"settings": {"global_every": 48, "global_images": base.global_images}}  # as its runs record them
+    runs += [_run("cadence", "L_G every 48 steps", 2, 4, s, 36.0 + s / 10, **every48) for s in range(3)]
+    two = {"settings": {"global_every": base.global_every, "global_images": 2}}
+    runs += [_run("cadence", "L_G on 2 images", 2, 4, 0, 40.5, **two)]  # one seed so far
+    table = cadence_table(_result(runs)).set_index("row")
     default = f"L_G every {base.global_every} steps on {base.global_images} images (default)"
     assert table.index.tolist() == [default, "L_G every 48 steps", "L_G on 2 images"]
     assert table.loc[default, "AP"] == "41.0 (40.0-42.0)" and table.loc[default, "verdict"] == "reference"
@@ -193,6 +195,8 @@ def test_the_cadence_table_sets_each_cheaper_l_g_beside_the_default_with_the_wor
     assert table["images per pass"].tolist() == [base.global_images, base.global_images, 2]
     assert table["images per unit"].tolist() == [passes * base.global_images, 11 * base.global_images, passes * 2]
     assert cadence_table(_result(runs[:7])).empty  # no cadence run yet
+    renamed = [{**runs[-1], "row": "a row no longer planned", "settings": {"global_every": 6, "global_images": 3}}]
+    assert cadence_table(_result(runs + renamed)).iloc[-1, 3:].tolist() == [84, 3, 252]  # from its recorded settings
     work = f"{11 * base.global_images} images through L_G per unit against {passes * base.global_images}"
     sentence = f"L_G every 48 steps: 36.1 (36.0-36.2) AP against {default} 41.0 (40.0-42.0), behind ({work})."
     assert sentence in findings(_result(runs))
