@@ -235,6 +235,9 @@ def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.Da
     })  # fmt: skip
 
 
+QUIET_PAIR = "a ratio compares the methods only where its two runs ran one after the other on a quiet machine"
+
+
 def cadence_timing(result: dict) -> pd.DataFrame:
     """``timing`` of each cheaper-L_G row (``bench.LG_COST``) over BRECQ, in one table."""
     frame = runs_frame(result)
@@ -391,7 +394,7 @@ def markdown(result: dict) -> str:
     else:
         lines += ["", "## L_G's pass made cheaper (Reg-PTQ, W2A4)", ""]
         lines += _markdown_table(cadence_table(result), index=False)
-        lines += ["", "Their calibration time over BRECQ's (same setting, seed and budget):", ""]
+        lines += ["", f"Their calibration time over BRECQ's (same setting, seed and budget; {QUIET_PAIR}):", ""]
         lines += _markdown_table(cadence_timing(result), index=False)
     lines += ["", "## Learned rounding left undecided when soft rounding ended (Reg-PTQ, per unit)", ""]
     lines += _markdown_table(rounding_decided(result), index=False, digits=4)
@@ -461,7 +464,9 @@ def findings(result: dict) -> list[str]:
         ratios = timing(result, row["row"])["ratio"]
         if len(ratios):
             spread = "one pair" if len(ratios) == 1 else f"{ratios.min():.2f}-{ratios.max():.2f}, {len(ratios)} pairs"
-            out.append(f"{row['row']}: calibration took {ratios.mean():.2f}x BRECQ's wall time ({spread}).")
+            out.append(
+                f"{row['row']}: calibration took {ratios.mean():.2f}x BRECQ's wall time ({spread}; {QUIET_PAIR})."
+            )
     return out
 
 

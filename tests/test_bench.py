@@ -212,7 +212,8 @@ def test_a_cheaper_l_g_is_timed_against_brecq_and_shown_without_a_default_run():
     times = cadence_timing(result)
     assert times[["row", "seed", "Reg-PTQ s", "brecq s"]].values.tolist() == [["L_G on 2 images", 0, 14.0, 10.0]]
     assert times["ratio"].tolist() == [pytest.approx(1.4)]
-    assert "L_G on 2 images: calibration took 1.40x BRECQ's wall time (one pair)." in findings(result)
+    assert any(line.startswith("L_G on 2 images: calibration took 1.40x BRECQ's wall time (one pair; ")
+               for line in findings(result))  # fmt: skip
     assert timing(result).empty  # the default row's own timing has no Reg-PTQ run
     assert "| L_G on 2 images | W2A4 | 0 | 500 | 14.00 | 10.00 | 1.40 |" in markdown(
         {**result, "model": "tiny_fasterrcnn"}
