@@ -18,7 +18,6 @@ from .bench import (
     CURVE_ITERS,
     DEFAULT_MODEL,
     FILTER_GRID,
-    LG_COST,
     QDROP_PARTS,
     ROWS,
     SEEDS,
@@ -241,10 +240,17 @@ QUIET_PAIR = "a ratio compares the methods only where its two runs ran one after
 def cadence_timing(result: dict) -> pd.DataFrame:
     """``timing`` of each cheaper-L_G row (``bench.LG_COST``) over BRECQ, in one table."""
     frame = runs_frame(result)
-    cheaper = frame[frame.table == "cadence"].row.unique().tolist() or list(LG_COST)[:1]  # none: an empty table
-    tables = [timing(result, row).rename(columns={f"{row} s": "Reg-PTQ s"}).assign(row=row) for row in cheaper]
-    frame = pd.concat([t for t in tables if not t.empty] or tables[:1], ignore_index=True)
-    return frame[["row", *frame.columns.drop("row")]]
+    tables = [timing(result, row).rename(columns={f"{row} s": "Reg-PTQ s"}).assign(row=row)
+              for row in frame[frame.table == "cadence"].row.unique()]  # fmt: skip
+    tables = [t for t in tables if not t.empty]
+    columns = ["row", "setting", "seed", "iters", "Reg-PTQ s", "brecq s", "ratio"]
+    return pd.concat(tables, ignore_index=True)[columns] if tables else pd.DataFrame(columns=columns)
+
+
+def _ratio_spread(ratios: pd.Series) -> str:
+    """The mean of time ratios and how many pairs it rests on: "1.50x (one pair" or "1.50x (1.4-1.6 over 3 pairs"."""
+    spread = "one pair" if len(ratios) == 1 else f"{ratios.min():.2f}-{ratios.max():.2f} over {len(ratios)} pairs"
+    return f"{ratios.mean():.2f}x BRECQ's wall time ({spread}"
 
 
 def _units_frame(result: dict, rows: tuple[str, ...]) -> pd.DataFrame:
@@ -447,26 +453,22 @@ def findings(result: dict) -> list[str]:
         out.append(sentence)
     ratios = timing(result)["ratio"]
     if len(ratios):
-        spread = "one pair" if len(ratios) == 1 else f"{ratios.min():.2f}-{ratios.max():.2f} over {len(ratios)} pairs"
         how = (
             "run one after the other"
             if has_table(result, "budget")
             else "from the methods table, whose runs shared the machine"
         )  # as ``timing`` chose its pairs
-        out.append(f"Reg-PTQ's calibration took {ratios.mean():.2f}x BRECQ's wall time ({spread} {how}).")
+        out.append(f"Reg-PTQ's calibration took {_ratio_spread(ratios)} {how}).")
     cadence = cadence_table(result)
+    reference = cadence.iloc[0] if (cadence.verdict == "reference").any() else None
     for _, row in cadence[cadence.verdict != "reference"].iterrows():
-        if (cadence.verdict == "reference").any():
-            reference = cadence.iloc[0]
+        if reference is not None:
             work = f"{row['images per unit']} images through L_G per unit against {reference['images per unit']}"
             out.append(f"{row['row']}: {row['AP']} AP against {reference['row']} {reference['AP']}, "
                        f"{row['verdict']} ({work}).")  # fmt: skip
         ratios = timing(result, row["row"])["ratio"]
         if len(ratios):
-            spread = "one pair" if len(ratios) == 1 else f"{ratios.min():.2f}-{ratios.max():.2f}, {len(ratios)} pairs"
-            out.append(
-                f"{row['row']}: calibration took {ratios.mean():.2f}x BRECQ's wall time ({spread}; {QUIET_PAIR})."
-            )
+            out.append(f"{row['row']}: calibration took {_ratio_spread(ratios)}; {QUIET_PAIR}).")
     return out
 
 
