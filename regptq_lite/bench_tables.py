@@ -247,10 +247,11 @@ def cadence_timing(result: dict) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)[columns] if tables else pd.DataFrame(columns=columns)
 
 
-def _ratio_spread(ratios: pd.Series) -> str:
-    """The mean of time ratios and how many pairs it rests on: "1.50x (one pair" or "1.50x (1.4-1.6 over 3 pairs"."""
+def _ratio_spread(ratios: pd.Series, context: str) -> str:
+    """The mean of time ratios, how many pairs it rests on and ``context`` (how the pairs ran), e.g.
+    "1.50x BRECQ's wall time (1.40-1.60 over 3 pairs; ...)"."""
     spread = "one pair" if len(ratios) == 1 else f"{ratios.min():.2f}-{ratios.max():.2f} over {len(ratios)} pairs"
-    return f"{ratios.mean():.2f}x BRECQ's wall time ({spread}"
+    return f"{ratios.mean():.2f}x BRECQ's wall time ({spread}{context})"
 
 
 def _units_frame(result: dict, rows: tuple[str, ...]) -> pd.DataFrame:
@@ -458,7 +459,7 @@ def findings(result: dict) -> list[str]:
             if has_table(result, "budget")
             else "from the methods table, whose runs shared the machine"
         )  # as ``timing`` chose its pairs
-        out.append(f"Reg-PTQ's calibration took {_ratio_spread(ratios)} {how}).")
+        out.append(f"Reg-PTQ's calibration took {_ratio_spread(ratios, f' {how}')}.")
     cadence = cadence_table(result)
     reference = cadence.iloc[0] if (cadence.verdict == "reference").any() else None
     for _, row in cadence[cadence.verdict != "reference"].iterrows():
@@ -468,7 +469,7 @@ def findings(result: dict) -> list[str]:
                        f"{row['verdict']} ({work}).")  # fmt: skip
         ratios = timing(result, row["row"])["ratio"]
         if len(ratios):
-            out.append(f"{row['row']}: calibration took {_ratio_spread(ratios)}; {QUIET_PAIR}).")
+            out.append(f"{row['row']}: calibration took {_ratio_spread(ratios, f'; {QUIET_PAIR}')}.")
     return out
 
 
