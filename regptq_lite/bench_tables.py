@@ -237,13 +237,13 @@ def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.Da
 QUIET_PAIR = "a ratio compares the methods only where its two runs ran one after the other on a quiet machine"
 
 
-def cadence_timing(result: dict) -> pd.DataFrame:
-    """``timing`` of each cheaper-L_G row (``bench.LG_COST``) over BRECQ, in one table."""
+def cadence_timing(result: dict, baseline: str = "brecq") -> pd.DataFrame:
+    """``timing`` of each cheaper-L_G row (``bench.LG_COST``) over ``baseline``, in one table."""
     frame = runs_frame(result)
-    tables = [timing(result, row).rename(columns={f"{row} s": "Reg-PTQ s"}).assign(row=row)
+    tables = [timing(result, row, baseline).rename(columns={f"{row} s": "Reg-PTQ s"}).assign(row=row)
               for row in frame[frame.table == "cadence"].row.unique()]  # fmt: skip
     tables = [t for t in tables if not t.empty]
-    columns = ["row", "setting", "seed", "iters", "Reg-PTQ s", "brecq s", "ratio"]
+    columns = ["row", "setting", "seed", "iters", "Reg-PTQ s", f"{baseline} s", "ratio"]
     return pd.concat(tables, ignore_index=True)[columns] if tables else pd.DataFrame(columns=columns)
 
 
