@@ -218,6 +218,25 @@ def filter_table(result: dict) -> pd.DataFrame:
     return table.rename(index="{:g}".format, columns="{:g}".format)
 
 
+def filter_sentence(result: dict) -> str | None:
+    """Whether the filter thresholds move Reg-PTQ's AP: the grid's range (``filter_table``) against Reg-PTQ's
+    seed spread at W2A4 in the methods table; None before two cells ran."""
+    cells = filter_table(result).stack().dropna()
+    if len(cells) < 2:
+        return None
+    low, high = cells.idxmin(), cells.idxmax()
+    text = (f"Filter thresholds (Reg-PTQ, W2A4, seed 0, {len(cells)} of {len(FILTER_GRID)} cells): AP "
+            f"{cells.min():.2f} (theta_C/theta_I {'/'.join(low)}) to {cells.max():.2f} ({'/'.join(high)}), a range "
+            f"of {cells.max() - cells.min():.2f}")  # fmt: skip
+    stats = seed_stats(runs_frame(result), "methods").set_index(["row", "setting"])
+    if (REGPTQ, SETTINGS[0]) not in stats.index or stats.loc[(REGPTQ, SETTINGS[0]), "n"] < len(SEEDS):
+        return f"{text}; Reg-PTQ has too few seeds at W2A4 for a verdict."
+    mine = stats.loc[(REGPTQ, SETTINGS[0])]
+    spread = mine["max"] - mine["min"]
+    beyond = "beyond" if cells.max() - cells.min() > spread else "within"
+    return f"{text}, against Reg-PTQ's seed spread at W2A4 of {spread:.2f}: the thresholds move AP {beyond} it."
+
+
 def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.DataFrame:
     """Calibration wall time of ``method`` (a row, or a row of the cheaper-L_G table) over ``baseline`` at the
     same setting, seed and budget, from the budget curve, which runs each budget's methods one after the other in
@@ -417,7 +436,7 @@ def markdown(result: dict) -> str:
 def findings(result: dict) -> list[str]:
     """The bench's results in sentences written from its numbers: the budget the curve chose, Reg-PTQ against
     the best baseline per setting (with the verdict), the ablation against full Reg-PTQ, Reg-PTQ's two parts on
-    QDrop, the time ratio."""
+    QDrop, the filter grid's range, the time ratio."""
     out = []
     curve = budget_curve(result) if has_table(result, "budget") else pd.DataFrame()
     if not curve.empty and result.get("iters") is not None:
@@ -450,8 +469,7 @@ def findings(result: dict) -> list[str]:
     for name, row in ablation.iterrows():
         if name != "Reg-PTQ" and "against Reg-PTQ" in row:
             out.append(f"Ablation, {name}: {_cell(row)} AP ({row['against Reg-PTQ']} against full Reg-PTQ).")
-    if (sentence := qdrop_parts_sentence(result)) is not None:
-        out.append(sentence)
+    out += [s for s in (qdrop_parts_sentence(result), filter_sentence(result)) if s is not None]
     ratios = timing(result)["ratio"]
     if len(ratios):
         how = (

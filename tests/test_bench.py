@@ -36,6 +36,7 @@ from regptq_lite.bench_tables import (
     against,
     cadence_table,
     cadence_timing,
+    filter_sentence,
     filter_table,
     findings,
     leads,
@@ -254,6 +255,19 @@ def test_ablation_and_filter_tables():
     assert table.loc["no global loss (L_H only)", "against Reg-PTQ"] == "behind" and table["n"].tolist() == [3, 3]
     grid = filter_table(result)
     assert grid.loc["0.0002", "0.1"] == 33.0 and grid.loc["0", "0"] == 32.0 and pd.isna(grid.loc["0.01", "0.1"])
+    assert filter_sentence(result).endswith("a range of 1.00; Reg-PTQ has too few seeds at W2A4 for a verdict.")
+    assert filter_sentence(_result(runs[:-1])) is None  # one cell: no range yet
+
+
+def test_the_filter_grids_range_is_judged_against_reg_ptqs_seed_spread():
+    grid = [_run("filter", "0.0002/0.1", 2, 4, 0, 64.5), _run("filter", "0/0", 2, 4, 0, 63.6)]
+    grid += [_run("filter", "0.01/0.1", 2, 4, 0, 64.1)]
+    for aps, beyond in (((64.5, 64.0, 64.6), "beyond"), ((64.5, 63.5, 64.6), "within")):
+        result = _result(grid + [_run("methods", "regptq", 2, 4, s, ap) for s, ap in enumerate(aps)])
+        sentence = filter_sentence(result)
+        assert sentence.startswith("Filter thresholds (Reg-PTQ, W2A4, seed 0, 3 of 5 cells): AP 63.60 (theta_C/theta_I "
+                                   "0/0) to 64.50 (0.0002/0.1), a range of 0.90")  # fmt: skip
+        assert sentence.endswith(f"the thresholds move AP {beyond} it.") and sentence in findings(result)
 
 
 def test_reg_ptqs_two_parts_on_qdrop_over_the_seeds_all_four_cells_share():
