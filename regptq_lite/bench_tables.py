@@ -219,22 +219,30 @@ def filter_table(result: dict) -> pd.DataFrame:
 
 
 def filter_sentence(result: dict) -> str | None:
-    """Whether the filter thresholds move Reg-PTQ's AP: the grid's range (``filter_table``) against Reg-PTQ's
-    seed spread at W2A4 in the methods table; None before two cells ran."""
-    cells = filter_table(result).stack().dropna()
+    """Whether the filter thresholds move Reg-PTQ's AP: the range of the grid's filtered cells (``filter_table``)
+    against Reg-PTQ's seed spread at W2A4 in the methods table, with the no-filter cell (0/0) beside it, whose
+    verdict is the ablation's, over every seed; None before two filtered cells ran."""
+    table = filter_table(result)
+    cells = table.stack().dropna()
+    off = (f"{0.0:g}", f"{0.0:g}")
+    unfiltered = cells.pop(off) if off in cells.index else None
     if len(cells) < 2:
         return None
     low, high = cells.idxmin(), cells.idxmax()
-    text = (f"Filter thresholds (Reg-PTQ, W2A4, seed 0, {len(cells)} of {len(FILTER_GRID)} cells): AP "
+    text = (f"Filter thresholds (Reg-PTQ, W2A4, seed 0, {len(cells)} of {len(FILTER_GRID) - 1} filtered cells): AP "
             f"{cells.min():.2f} (theta_C/theta_I {'/'.join(low)}) to {cells.max():.2f} ({'/'.join(high)}), a range "
             f"of {cells.max() - cells.min():.2f}")  # fmt: skip
+    if unfiltered is not None:
+        text += f" (no filter, 0/0: {unfiltered:.2f}; the ablation's no-filter row judges filtering over the seeds)"
     stats = seed_stats(runs_frame(result), "methods").set_index(["row", "setting"])
     if (REGPTQ, SETTINGS[0]) not in stats.index or stats.loc[(REGPTQ, SETTINGS[0]), "n"] < len(SEEDS):
         return f"{text}; Reg-PTQ has too few seeds at W2A4 for a verdict."
     mine = stats.loc[(REGPTQ, SETTINGS[0])]
     spread = mine["max"] - mine["min"]
-    beyond = "beyond" if cells.max() - cells.min() > spread else "within"
-    return f"{text}, against Reg-PTQ's seed spread at W2A4 of {spread:.2f}: the thresholds move AP {beyond} it."
+    excess = cells.max() - cells.min() - spread
+    beyond = "beyond" if excess > 0 else "within"
+    return (f"{text}, against Reg-PTQ's seed spread at W2A4 of {spread:.2f}: the thresholds move AP {beyond} it, "
+            f"by {abs(excess):.2f}.")  # fmt: skip
 
 
 def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.DataFrame:

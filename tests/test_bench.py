@@ -255,19 +255,24 @@ def test_ablation_and_filter_tables():
     assert table.loc["no global loss (L_H only)", "against Reg-PTQ"] == "behind" and table["n"].tolist() == [3, 3]
     grid = filter_table(result)
     assert grid.loc["0.0002", "0.1"] == 33.0 and grid.loc["0", "0"] == 32.0 and pd.isna(grid.loc["0.01", "0.1"])
-    assert filter_sentence(result).endswith("a range of 1.00; Reg-PTQ has too few seeds at W2A4 for a verdict.")
-    assert filter_sentence(_result(runs[:-1])) is None  # one cell: no range yet
+    assert filter_sentence(_result(runs + [_run("filter", "0.01/0.1", 2, 4, 0, 32.5)])).endswith(
+        "a range of 0.50 (no filter, 0/0: 32.00; the ablation's no-filter row judges filtering over the seeds); "
+        "Reg-PTQ has too few seeds at W2A4 for a verdict."
+    )
+    assert filter_sentence(result) is None  # one filtered cell (the no-filter cell is no threshold): no range yet
 
 
 def test_the_filter_grids_range_is_judged_against_reg_ptqs_seed_spread():
-    grid = [_run("filter", "0.0002/0.1", 2, 4, 0, 64.5), _run("filter", "0/0", 2, 4, 0, 63.6)]
+    grid = [_run("filter", "0.0002/0.1", 2, 4, 0, 64.5), _run("filter", "0/0", 2, 4, 0, 63.0)]
     grid += [_run("filter", "0.01/0.1", 2, 4, 0, 64.1)]
-    for aps, beyond in (((64.5, 64.0, 64.6), "beyond"), ((64.5, 63.5, 64.6), "within")):
+    for aps, judged in (((64.5, 64.3, 64.6), "beyond it, by 0.10"), ((64.5, 64.0, 64.6), "within it, by 0.20")):
         result = _result(grid + [_run("methods", "regptq", 2, 4, s, ap) for s, ap in enumerate(aps)])
         sentence = filter_sentence(result)
-        assert sentence.startswith("Filter thresholds (Reg-PTQ, W2A4, seed 0, 3 of 5 cells): AP 63.60 (theta_C/theta_I "
-                                   "0/0) to 64.50 (0.0002/0.1), a range of 0.90")  # fmt: skip
-        assert sentence.endswith(f"the thresholds move AP {beyond} it.") and sentence in findings(result)
+        # the no-filter cell, far below, is shown but left out of the thresholds' range
+        assert sentence.startswith("Filter thresholds (Reg-PTQ, W2A4, seed 0, 2 of 4 filtered cells): AP 64.10 "
+                                   "(theta_C/theta_I 0.01/0.1) to 64.50 (0.0002/0.1), a range of 0.40 (no filter, "
+                                   "0/0: 63.00;")  # fmt: skip
+        assert sentence.endswith(f"the thresholds move AP {judged}.") and sentence in findings(result)
 
 
 def test_reg_ptqs_two_parts_on_qdrop_over_the_seeds_all_four_cells_share():
