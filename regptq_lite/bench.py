@@ -360,7 +360,8 @@ def run_bench(
             for spec, k in todo:
                 with claim(path, f"{code} {k}") as mine:
                     if mine and k not in {r["key"] for r in refresh()}:
-                        done[k] = {**_calibrate(spec, calib_images, model), "key": k, "commit": commit, "code": code}
+                        done[k] = {**_calibrate(spec, calib_images, model), "key": k, "commit": commit, "code": code,
+                                   "machine": result["machine"]}  # fmt: skip
                         save()
                         break
             else:

@@ -364,6 +364,9 @@ def _markdown_table(frame: pd.DataFrame, index: bool = True, digits: int = 2) ->
     return lines + ["| " + " | ".join(row) + " |" for row in cells]
 
 
+UNRECORDED = "an unrecorded machine"  # runs made before runs recorded their own
+
+
 def markdown(result: dict) -> str:
     """The benchmark as markdown tables (AP on the 0-100 scale, 500 validation scenes)."""
     model = result.get("model", DEFAULT_MODEL)
@@ -379,7 +382,9 @@ def markdown(result: dict) -> str:
         f"Commit of this invocation: `{result['commit']}`; runs made at "
         + ", ".join(f"`{c[:12]}` ({n})" for c, n in Counter(r.get("commit") for r in result["runs"]).items())
         + f"; code fingerprint `{result.get('code')}`  ",
-        f"Machine: {result['machine']}, {result.get('threads', '?')} torch thread(s)  ",
+        f"Machine of this invocation: {result['machine']}, {result.get('threads', '?')} torch thread(s); runs made on "
+        + ", ".join(f"{m} ({n})" for m, n in Counter(r.get("machine", UNRECORDED) for r in result["runs"]).items())
+        + "  ",
         f"Budget: {result.get('iters') or 'not fixed yet:'} iterations per unit (fixed by the budget curve), "
         f"{result['calib_images']}"
         " calibration images (the paper: 2k iterations per unit, batch 256). Seeds: "

@@ -324,6 +324,10 @@ def test_markdown_renders_every_table():
                     "undecided", "Weight MSE"):  # fmt: skip
         assert heading in text, heading
     assert "12.3" in text and "500 iterations per unit" in text and "`abc` (6)" in text
+    # runs made before runs recorded their machine are not credited to this invocation's
+    assert "Machine of this invocation: test, ? torch thread(s); runs made on an unrecorded machine (6)" in text
+    text = markdown(_result([{**r, "machine": "cpu A"} for r in runs[:2]] + runs[2:]))
+    assert "runs made on cpu A (2), an unrecorded machine (4)" in text
 
 
 def test_an_unfinished_curve_reports_its_last_doublings_and_undecided_roundings():
