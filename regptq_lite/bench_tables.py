@@ -222,14 +222,14 @@ def filter_sentence(result: dict) -> str | None:
     """Whether the filter thresholds move Reg-PTQ's AP: the range of the grid's filtered cells (``filter_table``)
     against Reg-PTQ's seed spread at W2A4 in the methods table, with the no-filter cell (0/0) beside it, whose
     verdict is the ablation's, over every seed; None before two filtered cells ran."""
-    table = filter_table(result)
-    cells = table.stack().dropna()
-    off = (f"{0.0:g}", f"{0.0:g}")
+    cells = filter_table(result).stack().dropna()
+    off = ("0", "0")  # filter_table's labels of the no-filter cell
     unfiltered = cells.pop(off) if off in cells.index else None
     if len(cells) < 2:
         return None
     low, high = cells.idxmin(), cells.idxmax()
-    text = (f"Filter thresholds (Reg-PTQ, W2A4, seed 0, {len(cells)} of {len(FILTER_GRID) - 1} filtered cells): AP "
+    filtered = sum(1 for cell in FILTER_GRID if any(cell))
+    text = (f"Filter thresholds (Reg-PTQ, W2A4, seed 0, {len(cells)} of {filtered} filtered cells): AP "
             f"{cells.min():.2f} (theta_C/theta_I {'/'.join(low)}) to {cells.max():.2f} ({'/'.join(high)}), a range "
             f"of {cells.max() - cells.min():.2f}")  # fmt: skip
     if unfiltered is not None:
