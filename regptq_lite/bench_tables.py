@@ -8,6 +8,7 @@ have three seeds; otherwise it is "within the seed spread" or "not enough seeds"
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 import pandas as pd
 
@@ -367,6 +368,11 @@ def _markdown_table(frame: pd.DataFrame, index: bool = True, digits: int = 2) ->
 UNRECORDED = "an unrecorded machine"  # runs made before runs recorded their own
 
 
+def _tally(values: Iterable[str]) -> str:
+    """Each distinct value with how many runs had it, in first-seen order: "a (2), b (1)"."""
+    return ", ".join(f"{v} ({n})" for v, n in Counter(values).items())
+
+
 def markdown(result: dict) -> str:
     """The benchmark as markdown tables (AP on the 0-100 scale, 500 validation scenes)."""
     model = result.get("model", DEFAULT_MODEL)
@@ -380,10 +386,10 @@ def markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`  ",
         f"Commit of this invocation: `{result['commit']}`; runs made at "
-        + ", ".join(f"`{c[:12]}` ({n})" for c, n in Counter(r.get("commit") for r in result["runs"]).items())
+        + _tally(f"`{r['commit'][:12]}`" for r in result["runs"])
         + f"; code fingerprint `{result.get('code')}`  ",
         f"Machine of this invocation: {result['machine']}, {result.get('threads', '?')} torch thread(s); runs made on "
-        + ", ".join(f"{m} ({n})" for m, n in Counter(r.get("machine", UNRECORDED) for r in result["runs"]).items())
+        + _tally(r.get("machine", UNRECORDED) for r in result["runs"])
         + "  ",
         f"Budget: {result.get('iters') or 'not fixed yet:'} iterations per unit (fixed by the budget curve), "
         f"{result['calib_images']}"
