@@ -203,7 +203,7 @@ def key(spec: dict, calib_images: int) -> str:
     return json.dumps(canonical, sort_keys=True)
 
 
-def _place(run: dict) -> tuple:
+def place(run: dict) -> tuple:
     """Where a run sits in the tables: table, row, bits, seed, iterations (none without reconstruction)."""
     iters = run["iters"] if METHODS[run["method"]].reconstruct else 0
     return run["table"], run["row"], run["wbits"], run["abits"], run["seed"], iters
@@ -340,8 +340,8 @@ def run_bench(
             result["runs"] = [{**done[k], "table": s["table"], "row": s["row"]}
                               for s in scheduled if (k := key(s, calib_images)) in done]  # fmt: skip
             # others' plans are kept; a run that fills a place of this plan under other settings is an earlier plan's
-            places = {_place(s) for s in scheduled}
-            result["runs"] += [r for r in written if _place(r) not in places]
+            places = {place(s) for s in scheduled}
+            result["runs"] += [r for r in written if place(r) not in places]
             write_atomic(path, lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
             if after_run is not None:
                 after_run(result)

@@ -24,6 +24,7 @@ from .bench import (
     SEEDS,
     STEP_SIZES,
     curve_plan,
+    place,
     plan,
 )
 from .recon import ReconSettings
@@ -378,9 +379,7 @@ def markdown(result: dict) -> str:
     model = result.get("model", DEFAULT_MODEL)
     frame = runs_frame(result)
     fp = frame["fp_AP"].iloc[0] if len(frame) else float("nan")
-    planned = len(plan(result.get("iters") or CURVE_ITERS[-1], result.get("fast", False), model=model))
-    if model == DEFAULT_MODEL:
-        planned += len(curve_plan(result.get("fast", False)))
+    planned = len(_planned(result))
     lines = [
         "# Benchmark results",
         "",
@@ -397,7 +396,7 @@ def markdown(result: dict) -> str:
         + ", ".join(map(str, result["seeds"]))
         + ".  ",
         f"Runs: {len(frame)} of the {planned} planned"
-        + ("." if len(frame) >= planned else " (an unfinished bench: the rest is blank)."),
+        + ("." if len(frame) >= planned else ' (an unfinished bench: the rest is blank; "Still to run" at the end).'),
         "",
         *[f"- {line}" for line in findings(result)],
         "",
@@ -449,7 +448,45 @@ def markdown(result: dict) -> str:
         lines += ["", f"## Cost: {name}", ""]
         columns = ["setting", "regime", "GFLOPs", "bit_GFLOPs", "compute_saving", "storage_MB", "storage_saving"]
         lines += _markdown_table(pd.DataFrame(rows)[columns], index=False)
+    remaining = still_to_run(result)
+    if remaining:
+        lines += ["", "## Still to run, in the order the bench takes them", "", *[f"- {line}" for line in remaining]]
     return "\n".join(lines) + "\n"
+
+
+def _planned(result: dict) -> list[dict]:
+    """Every run the bench that wrote ``result`` plans: the budget curve's (the tiny RetinaNet's), then the plan's."""
+    model = result.get("model", DEFAULT_MODEL)
+    fast = result.get("fast", False)
+    runs = plan(result.get("iters") or CURVE_ITERS[-1], fast, model=model)
+    return (curve_plan(fast) if model == DEFAULT_MODEL else []) + runs
+
+
+def still_to_run(result: dict) -> list[str]:
+    """The planned runs not in ``result`` yet, in the bench's order, one line per stretch of runs at one table and
+    setting, with its rows and their seeds: "methods W4A4: brecq, qdrop (seeds 1, 2)"."""
+    done = {place(r) for r in result["runs"]}
+    stretches: list[tuple[str, dict[str, list[int]]]] = []
+    for spec in _planned(result):
+        if place(spec) in done:
+            continue
+        setting = f"{spec['table']} W{spec['wbits']}A{spec['abits']}"
+        if not stretches or stretches[-1][0] != setting:
+            stretches.append((setting, {}))
+        row = spec["row"] + (f" at {spec['iters']}" if spec["table"] == "budget" else "")
+        stretches[-1][1].setdefault(row, []).append(spec["seed"])
+    return [f"{setting}: " + "; ".join(_rows_by_seeds(rows)) for setting, rows in stretches]
+
+
+def _rows_by_seeds(rows: dict[str, list[int]]) -> list[str]:
+    """Rows that share their seeds named together: ["brecq, qdrop (seeds 1, 2)", "naive (seed 0)"]."""
+    by_seeds: dict[tuple[int, ...], list[str]] = {}
+    for row, seeds in rows.items():
+        by_seeds.setdefault(tuple(seeds), []).append(row)
+    return [
+        f"{', '.join(names)} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+        for seeds, names in by_seeds.items()
+    ]
 
 
 def findings(result: dict) -> list[str]:

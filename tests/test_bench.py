@@ -45,6 +45,7 @@ from regptq_lite.bench_tables import (
     qdrop_parts,
     qdrop_parts_sentence,
     step_size_table,
+    still_to_run,
     timing,
     unit_seconds,
     verdict,
@@ -328,6 +329,19 @@ def test_markdown_renders_every_table():
     assert "Machine of this invocation: test, ? torch thread(s); runs made on an unrecorded machine (6)" in text
     text = markdown(_result([{**r, "machine": "cpu A"} for r in runs[:2]] + runs[2:]))
     assert "runs made on cpu A (2), an unrecorded machine (4)" in text
+
+
+def test_still_to_run_lists_the_missing_runs_in_the_benchs_order_seeds_grouped():
+    missing = {("methods", "brecq", 4, 8, seed) for seed in (1, 2)} | {("methods", "naive", 8, 8, 0)}
+    planned = [
+        _run(r["table"], r["row"], r["wbits"], r["abits"], r["seed"], 50.0) for r in plan(500, model="tiny_fasterrcnn")
+    ]
+    runs = [r for r in planned if (r["table"], r["row"], r["wbits"], r["abits"], r["seed"]) not in missing]
+    result = {**_result(runs), "model": "tiny_fasterrcnn"}
+    assert still_to_run(result) == ["methods W8A8: naive (seed 0)", "methods W4A8: brecq (seeds 1, 2)"]
+    assert "## Still to run, in the order the bench takes them\n\n- methods W8A8: naive (seed 0)\n" in markdown(result)
+    assert still_to_run({**result, "runs": planned}) == []
+    assert "Still to run" not in markdown({**result, "runs": planned})
 
 
 def test_an_unfinished_curve_reports_its_last_doublings_and_undecided_roundings():
