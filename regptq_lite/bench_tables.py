@@ -33,11 +33,16 @@ SETTINGS = [f"W{w}A{a}" for w, a in BITS] + ["W8A8"]
 REGPTQ = "regptq"
 
 
+UNRECORDED = "an unrecorded machine"  # runs made before runs recorded their own
+INVOCATION = ["commit", "machine"]  # what two runs made by one invocation of the bench share
+
+
 def runs_frame(result: dict) -> pd.DataFrame:
     """Every run as a row: its table, row label, setting, seed, iterations, AP figures and seconds."""
     rows = [{k: v for k, v in r.items() if not isinstance(v, dict | list)} for r in result["runs"]]
     frame = pd.DataFrame(rows, columns=["table", "row", "method", "wbits", "abits", "seed", "iters", "AP", "AP50",
-                                        "AP75", "fp_AP", "seconds", "calibration_seconds"])  # fmt: skip
+                                        "AP75", "fp_AP", "seconds", "calibration_seconds", *INVOCATION])  # fmt: skip
+    frame["machine"] = frame["machine"].astype(object).fillna(UNRECORDED)
     frame["setting"] = "W" + frame["wbits"].astype(str) + "A" + frame["abits"].astype(str)
     return frame
 
@@ -251,11 +256,12 @@ def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.Da
     """Calibration wall time of ``method`` (a row, or a row of the cheaper-L_G table) over ``baseline`` at the
     same setting, seed and budget, from the budget curve, which runs each budget's methods one after the other in
     one process for this; a bench without a curve (the tiny Faster R-CNN's) from its methods table, whose runs share
-    the machine with whatever else ran."""
+    the machine with whatever else ran. Only runs made by one invocation pair up (the same commit and machine):
+    this machine's speed drifts between sessions."""
     frame = runs_frame(result)
     timed = "budget" if has_table(result, "budget") else "methods"
     runs = frame[frame.table.isin((timed, "cadence"))].drop_duplicates(["row", "setting", "seed", "iters"])
-    pairs = runs[runs.row == method].merge(runs[runs.row == baseline], on=["setting", "seed", "iters"])
+    pairs = runs[runs.row == method].merge(runs[runs.row == baseline], on=["setting", "seed", "iters", *INVOCATION])
     return pd.DataFrame({
         "setting": pairs["setting"], "seed": pairs["seed"], "iters": pairs["iters"],
         f"{method} s": pairs["calibration_seconds_x"], f"{baseline} s": pairs["calibration_seconds_y"],
@@ -287,20 +293,29 @@ def _units_frame(result: dict, rows: tuple[str, ...]) -> pd.DataFrame:
     """Per unit of every run of ``rows`` (methods or cheaper-L_G table): the run's row, setting and seed with the
     unit's diagnostics."""
     units = [
-        {"row": r["row"], "setting": f"W{r['wbits']}A{r['abits']}", "seed": r["seed"], **u}
+        {
+            "row": r["row"],
+            "setting": f"W{r['wbits']}A{r['abits']}",
+            "seed": r["seed"],
+            "commit": r.get("commit"),
+            "machine": r.get("machine", UNRECORDED),
+            **u,
+        }
         for r in result["runs"]
         if r.get("table") in ("methods", "cadence") and r.get("row") in rows
         for u in r.get("units", [])
     ]
-    columns = dict.fromkeys(["row", "setting", "seed", "unit", "seconds", "undecided", *(k for u in units for k in u)])
+    columns = dict.fromkeys(["row", "setting", "seed", *INVOCATION, "unit", "seconds", "undecided",
+                             *(k for u in units for k in u)])  # fmt: skip
     return pd.DataFrame(units, columns=list(columns))
 
 
 def unit_seconds(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.DataFrame:
     """Per unit, the calibration seconds of ``method`` (a row of the methods or cheaper-L_G table) and ``baseline``
-    (mean over the settings and seeds at which both ran) and the difference: where ``method``'s extra time goes."""
+    (mean over the settings and seeds at which one invocation ran both, as in ``timing``) and the difference: where
+    ``method``'s extra time goes."""
     units = _units_frame(result, (method, baseline))
-    pairs = units[units.row == method].merge(units[units.row == baseline], on=["setting", "seed", "unit"])
+    pairs = units[units.row == method].merge(units[units.row == baseline], on=["setting", "seed", "unit", *INVOCATION])
     out = pairs.groupby("unit", sort=False)[["seconds_x", "seconds_y"]].mean()
     out.columns = [f"{method} s", f"{baseline} s"]
     out["extra s"] = out[f"{method} s"] - out[f"{baseline} s"]
@@ -351,9 +366,9 @@ def cadence_table(result: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def _markdown_table(frame: pd.DataFrame, index: bool = True, digits: int = 2) -> list[str]:
+def _markdown_table(frame: pd.DataFrame, index: bool = True, digits: int = 2, empty: str = "no runs yet") -> list[str]:
     if frame.empty:
-        return ["(no runs yet)"]
+        return [f"({empty})"]
     frame = frame.reset_index() if index else frame
 
     def text(v: object) -> str:
@@ -364,9 +379,6 @@ def _markdown_table(frame: pd.DataFrame, index: bool = True, digits: int = 2) ->
     cells = [[text(v) for v in row] for row in frame.itertuples(False)]
     lines = ["| " + " | ".join(str(c) for c in frame.columns) + " |", "|---" * len(frame.columns) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in cells]
-
-
-UNRECORDED = "an unrecorded machine"  # runs made before runs recorded their own
 
 
 def _tally(values: Iterable[str]) -> str:
@@ -439,7 +451,8 @@ def markdown(result: dict) -> str:
         lines += ["", "## L_G's pass made cheaper (Reg-PTQ, W2A4)", ""]
         lines += _markdown_table(cadence_table(result), index=False)
         lines += ["", f"Their calibration time over BRECQ's (same setting, seed and budget; {QUIET_PAIR}):", ""]
-        lines += _markdown_table(cadence_timing(result), index=False)
+        alone = "no pair made by one invocation of the bench yet; a quiet pair each has its own timing file"
+        lines += _markdown_table(cadence_timing(result), index=False, empty=alone)
     lines += ["", "## Learned rounding left undecided when soft rounding ended (Reg-PTQ, per unit)", ""]
     lines += _markdown_table(rounding_decided(result), index=False, digits=4)
     lines += ["", "## Weight MSE: LLAQ vs MSE-searched uniform", ""]

@@ -158,6 +158,9 @@ def test_tables_show_mean_and_spread_and_the_verdict_against_the_best_baseline()
     assert len(ratios) == 3 and (ratios["ratio"] == 1.3).all()
     curve = [_run("budget", m, 2, 4, 0, 30.0, seconds=s) for m, s in (("brecq", 10.0), ("regptq", 12.0))]
     assert timing(_result(runs + curve))["ratio"].tolist() == [1.2]  # the curve's pair, run one after the other
+    # runs made by different invocations (another commit, or another machine) are not timed against each other
+    later = [{**r, "seed": 3, "commit": "def"} for r in curve] + [{**curve[0], "seed": 4, "machine": "cpu B"}]
+    assert timing(_result(runs + curve + later + [{**curve[1], "seed": 4}]))["seed"].tolist() == [0, 3]
 
 
 def test_unit_seconds_pair_each_unit_of_reg_ptq_with_brecqs_at_the_same_setting_and_seed():
@@ -166,7 +169,8 @@ def test_unit_seconds_pair_each_unit_of_reg_ptq_with_brecqs_at_the_same_setting_
 
     runs = [_run("methods", "brecq", 2, 4, 0, 30.0, units=units(10.0, 4.0)),
             _run("methods", "regptq", 2, 4, 0, 31.0, units=units(16.0, 5.0)),
-            _run("methods", "regptq", 2, 4, 1, 31.0, units=units(99.0, 99.0)),  # no BRECQ at seed 1: left out
+            _run("methods", "regptq", 2, 4, 1, 31.0, units=units(99.0, 99.0)),  # BRECQ at seed 1 only elsewhere:
+            _run("methods", "brecq", 2, 4, 1, 30.0, units=units(1.0, 1.0), commit="def"),  # left out
             _run("methods", "qdrop", 2, 4, 0, 31.0, units=units(50.0, 50.0))]  # fmt: skip
     table = unit_seconds(_result(runs))
     assert table["unit"].tolist() == ["stem", "head"]
@@ -221,6 +225,10 @@ def test_a_cheaper_l_g_is_timed_against_brecq_and_shown_without_a_default_run():
         {**result, "model": "tiny_fasterrcnn"}
     )
     assert cadence_timing(_result(runs[:2])).empty
+    elsewhere = _result([{**r, "commit": "def"} if r["row"] == "brecq" else r for r in runs])
+    assert cadence_timing(elsewhere).empty and "a quiet pair each has its own timing file" in markdown(
+        {**elsewhere, "model": "tiny_fasterrcnn"}
+    )
 
 
 def test_runs_are_chosen_by_method_row_and_seed():
