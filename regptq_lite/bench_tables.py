@@ -463,7 +463,9 @@ def markdown(result: dict) -> str:
         lines += _markdown_table(pd.DataFrame(rows)[columns], index=False)
     remaining = still_to_run(result)
     if remaining:
-        lines += ["", "## Still to run, in the order the bench takes them", "", *[f"- {line}" for line in remaining]]
+        hours = f"about {seconds_left(result) / 3600:.1f} hours of one core at the median time of each row's runs"
+        lines += ["", f"## Still to run, in the order the bench takes them ({hours})", ""]
+        lines += [f"- {line}" for line in remaining]
     return "\n".join(lines) + "\n"
 
 
@@ -475,14 +477,30 @@ def _planned(result: dict) -> list[dict]:
     return (curve_plan(fast) if model == DEFAULT_MODEL else []) + runs
 
 
+def _missing(result: dict) -> list[dict]:
+    """The planned runs not in ``result`` yet, in the bench's order."""
+    done = {place(r) for r in result["runs"]}
+    return [spec for spec in _planned(result) if place(spec) not in done]
+
+
+def seconds_left(result: dict) -> float:
+    """The seconds the missing runs would take: each the median of its row's runs so far (of any run at that
+    many iterations where its row has none)."""
+    frame = runs_frame(result).assign(iters=[place(r)[-1] for r in result["runs"]])  # none without reconstruction
+    by_row = frame.groupby(["row", "iters"])["seconds"].median()
+    by_iters = frame.groupby("iters")["seconds"].median()
+    total = 0.0
+    for spec in _missing(result):
+        iters = place(spec)[-1]
+        total += by_row.get((spec["row"], iters), by_iters.get(iters, 0.0))
+    return total
+
+
 def still_to_run(result: dict) -> list[str]:
     """The planned runs not in ``result`` yet, in the bench's order, one line per stretch of runs at one table and
     setting, with its rows and their seeds: "methods W4A4: brecq, qdrop (seeds 1, 2)"."""
-    done = {place(r) for r in result["runs"]}
     stretches: list[tuple[str, dict[str, list[int]]]] = []
-    for spec in _planned(result):
-        if place(spec) in done:
-            continue
+    for spec in _missing(result):
         setting = f"{spec['table']} W{spec['wbits']}A{spec['abits']}"
         if not stretches or stretches[-1][0] != setting:
             stretches.append((setting, {}))

@@ -44,6 +44,7 @@ from regptq_lite.bench_tables import (
     methods_table,
     qdrop_parts,
     qdrop_parts_sentence,
+    seconds_left,
     step_size_table,
     still_to_run,
     timing,
@@ -347,7 +348,9 @@ def test_still_to_run_lists_the_missing_runs_in_the_benchs_order_seeds_grouped()
     runs = [r for r in planned if (r["table"], r["row"], r["wbits"], r["abits"], r["seed"]) not in missing]
     result = {**_result(runs), "model": "tiny_fasterrcnn"}
     assert still_to_run(result) == ["methods W8A8: naive (seed 0)", "methods W4A8: brecq (seeds 1, 2)"]
-    assert "## Still to run, in the order the bench takes them\n\n- methods W8A8: naive (seed 0)\n" in markdown(result)
+    assert seconds_left(result) == 3 * 15.0  # each missing run at the median of its row's runs (15 s each here)
+    assert "## Still to run, in the order the bench takes them (about 0.0 hours" in markdown(result)
+    assert "\n\n- methods W8A8: naive (seed 0)\n- methods W4A8: brecq (seeds 1, 2)\n" in markdown(result)
     assert still_to_run({**result, "runs": planned}) == []
     assert "Still to run" not in markdown({**result, "runs": planned})
 
