@@ -29,6 +29,14 @@ from .quantizers import UniformQuantizer
 LUT_BITS = 16  # fraction bits of the shift form's lookup of 2^(r/k)
 
 
+def code_dtype(bits: int, signed: bool) -> torch.dtype:
+    """The smallest integer type that holds ``bits``-bit codes: signed ones (LLAQ's sign and exponent) within
+    -2^(b-1) .. 2^(b-1) - 1, unsigned ones (a uniform grid's) within 0 .. 2^b - 1."""
+    if bits <= 8:
+        return torch.int8 if signed else torch.uint8
+    return torch.int16 if signed else torch.int32
+
+
 @torch.no_grad()
 def export_layer(layer: QuantLayer) -> dict:
     """Integer codes and the parameters that give them meaning, for one wrapped layer."""
@@ -37,12 +45,12 @@ def export_layer(layer: QuantLayer) -> dict:
     w = layer.layer.weight
     grid = llaq_of(layer.wq)
     if grid is not None:
-        out.update(weight_codes=layer.wq.codes(w).to(torch.int8), shift_form=is_shift_form(grid))
+        out.update(weight_codes=layer.wq.codes(w).to(code_dtype(p.wbits, signed=True)), shift_form=is_shift_form(grid))
         out.update({name: value.detach().clone() for name, value in zip(PARAMS, grid.grid())})
     elif layer.wq is not None:
         base = layer.wq.base if hasattr(layer.wq, "base") else layer.wq
         out.update(
-            weight_codes=layer.wq.codes(w).to(torch.int16 if p.wbits > 8 else torch.uint8),
+            weight_codes=layer.wq.codes(w).to(code_dtype(p.wbits, signed=False)),
             weight_scale=base.scale.detach().clone(),
             weight_zero_point=base.zero_point.clone(),
         )

@@ -7,7 +7,7 @@ from torch import nn
 
 from regptq_lite.bn_fold import fold_batchnorm
 from regptq_lite.detectors import build_model
-from regptq_lite.export import export_integer, integer_conv, save_integer
+from regptq_lite.export import code_dtype, export_integer, integer_conv, save_integer
 from regptq_lite.observe import init_quantizers
 from regptq_lite.qmodel import (
     FIRST_LAYER_BITS,
@@ -158,6 +158,23 @@ def test_export_holds_codes_scales_and_kind(images, tmp_path):
     assert path.is_file() and not list(tmp_path.glob("*.tmp"))
     with pytest.raises(FileNotFoundError):
         save_integer(qmodel, tmp_path / "missing" / "q.pt")
+
+
+@pytest.mark.parametrize("wbits", [8, 12, 16])
+def test_exported_codes_keep_their_values_at_every_bit_width(images, wbits):
+    """Codes go to the smallest integer type that holds them: none wraps around at 9-16 bits."""
+    fp = build_model("tiny_retinanet")[0].eval()
+    qmodel = quantize_detector(fp, wbits, 8, head_weight_kind="llaq")
+    init_quantizers(qmodel, images)
+    layers = dict(quant_layers(qmodel))
+    form = export_integer(qmodel)
+    for name in ("backbone.layer1.0.conv", "head.regression_head.conv.0.0"):
+        layer = layers[name]
+        codes = layer.wq.codes(layer.layer.weight).long()
+        stored = form[name]["weight_codes"]
+        assert torch.equal(stored.long(), codes), name
+        assert stored.dtype == code_dtype(wbits, signed=form[name]["kind"] == "llaq"), name
+    assert code_dtype(16, signed=False) == torch.int32 and code_dtype(9, signed=True) == torch.int16
 
 
 TORCHVISION_DETECTORS = ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "fasterrcnn_resnet50_fpn"]
