@@ -112,6 +112,11 @@ def _device(name: str | None) -> str:
     return name
 
 
+def _ap(value: float | None) -> str:
+    """An AP figure for the text output: pycocotools has none (None) when the images hold no annotated object."""
+    return "n/a (no annotated objects)" if value is None else f"{value:.1f}"
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .coco_eval import evaluate
     from .methods import data, load_detector
@@ -123,7 +128,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(json.dumps({"model": args.model, **metrics}))
     else:
         print(
-            f"{args.model}: AP {metrics['AP']:.1f}  AP50 {metrics['AP50']:.1f}  AP75 {metrics['AP75']:.1f}"
+            f"{args.model}: AP {_ap(metrics['AP'])}  AP50 {_ap(metrics['AP50'])}  AP75 {_ap(metrics['AP75'])}"
             f"  ({metrics['images']} validation images)"
         )
 
@@ -188,8 +193,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
         print(json.dumps(result))
     else:
         print(
-            f"{result['method']} W{result['wbits']}A{result['abits']} ({result['regime']}): AP {result['AP']:.1f}"
-            f" (FP {result['fp_AP']:.1f}), AP50 {result['AP50']:.1f}, AP75 {result['AP75']:.1f}"
+            f"{result['method']} W{result['wbits']}A{result['abits']} ({result['regime']}): AP {_ap(result['AP'])}"
+            f" (FP {_ap(result['fp_AP'])}), AP50 {_ap(result['AP50'])}, AP75 {_ap(result['AP75'])}"
             f" in {result['seconds']:.0f} s"
         )
 
@@ -427,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = make_parser().parse_args(argv)
         args.run(args)
-    except (UsageError, CheckpointError, ValueError, FileNotFoundError, NotebookError) as err:
+    except (UsageError, CheckpointError, ValueError, OSError, NotebookError) as err:  # OSError: unreadable files
         print(f"regptq_lite: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

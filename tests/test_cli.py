@@ -28,6 +28,16 @@ def assert_clean_error(result, needle):
     assert needle in lines[0]
 
 
+def test_eval_text_says_when_pycocotools_has_no_ap(capsys, monkeypatch):
+    """Images without an annotated object give no AP (None): the text line says so instead of failing."""
+    from regptq_lite import coco_eval
+
+    monkeypatch.setattr(coco_eval, "evaluate", lambda model, val: {"AP": None, "AP50": None, "AP75": None, "images": 1})
+    result = run_in_process(capsys, "eval", "--max-images", 1)
+    assert result.returncode == 0, result.stderr
+    assert "AP n/a (no annotated objects)" in result.stdout
+
+
 def test_eval_json_prints_one_object_with_metrics():
     result = run("eval", "--json", "--max-images", "40")  # all 500: test_shipped_checkpoint_reproduces_its_card
     assert result.returncode == 0, result.stderr

@@ -177,6 +177,18 @@ def test_cli_real_path_errors_are_one_line(capsys, coco_root, argv, message):
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
 
 
+def test_a_damaged_image_is_a_one_line_error(capsys, tmp_path):
+    root = write_coco_folder(tmp_path / "coco", count=2)
+    for image in (root / IMAGES).iterdir():
+        image.write_bytes(b"not an image")
+    code, _, err = _run(
+        capsys, "eval", "--model", "retinanet_resnet50_fpn", "--weights", "random", "--coco-root", root,
+        "--image-size", 64, "--device", "cpu", "--max-images", 1,
+    )  # fmt: skip
+    assert code == 2
+    assert err.count("\n") == 1 and "cannot identify image file" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("model", ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2"])
 def test_real_path_eval(capsys, coco_root, model):
     code, out, err = _run(
