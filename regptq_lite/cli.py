@@ -143,6 +143,9 @@ def _positive_float(text: str) -> float:
     return value
 
 
+NAIVE_IGNORES = ("iters", "theta_c", "theta_i", "global_loss", "llaq_form", "llaq_rounding", "adaround_lr")
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> None:
     from .bench import CALIB_IMAGES, WEIGHT_LR, decided_budget
     from .detectors import TORCHVISION_DETECTORS
@@ -153,6 +156,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
 
     if args.save is not None:
         check_export_out(args.save, force=args.force)
+    if args.method == "naive":
+        unused = [f"--{name.replace('_', '-')}" for name in NAIVE_IGNORES if getattr(args, name) is not None]
+        if unused:
+            print(f"note: --method naive rounds to nearest and ignores {', '.join(unused)}", file=sys.stderr)
     every_image = None if args.model in TORCHVISION_DETECTORS else SPLIT_SIZES["val"]
     quick = FAST if args.fast else {"iters": decided_budget(), "calib_images": CALIB_IMAGES, "val_images": every_image}
     for key, value in {**quick, "adaround_lr": WEIGHT_LR}.items():

@@ -146,9 +146,12 @@ def test_calibrate_bad_input_exits_2_with_one_line(capsys, args, needle):
 def test_calibrate_naive_json_and_integer_export(tmp_path):
     saved = tmp_path / "w8a8.pt"
     result = run(
-        *CALIB, "--wbits", "8", "--abits", "8", "--calib-images", "8", "--val-images", "40", "--json", "--save", saved
+        *CALIB, "--wbits", "8", "--abits", "8", "--calib-images", "8", "--val-images", "40", "--json", "--save", saved,
+        "--theta-c", "0.1", "--no-global-loss",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    # flags that only reconstruction reads are named, once, on stderr: stdout stays one JSON object
+    assert "note: --method naive rounds to nearest and ignores --theta-c, --global-loss\n" in result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
     for key in (
         "method",
