@@ -34,14 +34,14 @@ REGPTQ = "regptq"
 
 
 UNRECORDED = "an unrecorded machine"  # runs made before runs recorded their own
-INVOCATION = ["commit", "machine"]  # what two runs made by one invocation of the bench share
+SESSION = ["commit", "machine"]  # what two runs made in one session share (our proxy for it)
 
 
 def runs_frame(result: dict) -> pd.DataFrame:
     """Every run as a row: its table, row label, setting, seed, iterations, AP figures and seconds."""
     rows = [{k: v for k, v in r.items() if not isinstance(v, dict | list)} for r in result["runs"]]
     frame = pd.DataFrame(rows, columns=["table", "row", "method", "wbits", "abits", "seed", "iters", "AP", "AP50",
-                                        "AP75", "fp_AP", "seconds", "calibration_seconds", *INVOCATION])  # fmt: skip
+                                        "AP75", "fp_AP", "seconds", "calibration_seconds", *SESSION])  # fmt: skip
     frame["machine"] = frame["machine"].astype(object).fillna(UNRECORDED)
     frame["setting"] = "W" + frame["wbits"].astype(str) + "A" + frame["abits"].astype(str)
     return frame
@@ -256,12 +256,12 @@ def timing(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.Da
     """Calibration wall time of ``method`` (a row, or a row of the cheaper-L_G table) over ``baseline`` at the
     same setting, seed and budget, from the budget curve, which runs each budget's methods one after the other in
     one process for this; a bench without a curve (the tiny Faster R-CNN's) from its methods table, whose runs share
-    the machine with whatever else ran. Only runs made by one invocation pair up (the same commit and machine):
-    this machine's speed drifts between sessions."""
+    the machine with whatever else ran. Only runs made in one session pair up (the same commit on the same
+    machine): this machine's speed drifts between sessions."""
     frame = runs_frame(result)
     timed = "budget" if has_table(result, "budget") else "methods"
     runs = frame[frame.table.isin((timed, "cadence"))].drop_duplicates(["row", "setting", "seed", "iters"])
-    pairs = runs[runs.row == method].merge(runs[runs.row == baseline], on=["setting", "seed", "iters", *INVOCATION])
+    pairs = runs[runs.row == method].merge(runs[runs.row == baseline], on=["setting", "seed", "iters", *SESSION])
     return pd.DataFrame({
         "setting": pairs["setting"], "seed": pairs["seed"], "iters": pairs["iters"],
         f"{method} s": pairs["calibration_seconds_x"], f"{baseline} s": pairs["calibration_seconds_y"],
@@ -305,17 +305,17 @@ def _units_frame(result: dict, rows: tuple[str, ...]) -> pd.DataFrame:
         if r.get("table") in ("methods", "cadence") and r.get("row") in rows
         for u in r.get("units", [])
     ]
-    columns = dict.fromkeys(["row", "setting", "seed", *INVOCATION, "unit", "seconds", "undecided",
+    columns = dict.fromkeys(["row", "setting", "seed", *SESSION, "unit", "seconds", "undecided",
                              *(k for u in units for k in u)])  # fmt: skip
     return pd.DataFrame(units, columns=list(columns))
 
 
 def unit_seconds(result: dict, method: str = REGPTQ, baseline: str = "brecq") -> pd.DataFrame:
     """Per unit, the calibration seconds of ``method`` (a row of the methods or cheaper-L_G table) and ``baseline``
-    (mean over the settings and seeds at which one invocation ran both, as in ``timing``) and the difference: where
+    (mean over the settings and seeds at which one session ran both, as in ``timing``) and the difference: where
     ``method``'s extra time goes."""
     units = _units_frame(result, (method, baseline))
-    pairs = units[units.row == method].merge(units[units.row == baseline], on=["setting", "seed", "unit", *INVOCATION])
+    pairs = units[units.row == method].merge(units[units.row == baseline], on=["setting", "seed", "unit", *SESSION])
     out = pairs.groupby("unit", sort=False)[["seconds_x", "seconds_y"]].mean()
     out.columns = [f"{method} s", f"{baseline} s"]
     out["extra s"] = out[f"{method} s"] - out[f"{baseline} s"]
@@ -451,7 +451,7 @@ def markdown(result: dict) -> str:
         lines += ["", "## L_G's pass made cheaper (Reg-PTQ, W2A4)", ""]
         lines += _markdown_table(cadence_table(result), index=False)
         lines += ["", f"Their calibration time over BRECQ's (same setting, seed and budget; {QUIET_PAIR}):", ""]
-        alone = "no pair made by one invocation of the bench yet; a quiet pair each has its own timing file"
+        alone = "no pair made in one session yet; a quiet pair each has its own timing file"
         lines += _markdown_table(cadence_timing(result), index=False, empty=alone)
     lines += ["", "## Learned rounding left undecided when soft rounding ended (Reg-PTQ, per unit)", ""]
     lines += _markdown_table(rounding_decided(result), index=False, digits=4)
