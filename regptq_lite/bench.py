@@ -180,9 +180,10 @@ def select(
     return [r for r in runs if all(chosen is None or r[field] in chosen for field, chosen in wanted.items())]
 
 
-def planned_runs(model: str = DEFAULT_MODEL, fast: bool = False) -> list[dict]:
-    """Every run of ``model``'s bench: the budget curve's (the tiny RetinaNet's), then the plan's."""
-    return (curve_plan(fast) if model == DEFAULT_MODEL else []) + plan(CURVE_ITERS[-1], fast, model)
+def planned_runs(model: str = DEFAULT_MODEL, fast: bool = False, iters: int | None = None) -> list[dict]:
+    """Every run of ``model``'s bench: the budget curve's (the tiny RetinaNet's), then the plan's at ``iters`` per
+    unit (the curve's largest budget where none is given)."""
+    return (curve_plan(fast) if model == DEFAULT_MODEL else []) + plan(iters or CURVE_ITERS[-1], fast, model)
 
 
 def key(spec: dict, calib_images: int) -> str:

@@ -16,16 +16,14 @@ from .bench import (
     ABLATION,
     ABLATION_BITS,
     BITS,
-    CURVE_ITERS,
     DEFAULT_MODEL,
     FILTER_GRID,
     QDROP_PARTS,
     ROWS,
     SEEDS,
     STEP_SIZES,
-    curve_plan,
     place,
-    plan,
+    planned_runs,
 )
 from .recon import ReconSettings
 
@@ -37,12 +35,16 @@ UNRECORDED = "an unrecorded machine"  # runs made before runs recorded their own
 SESSION = ["commit", "machine"]  # what two runs made in one session share (our proxy for it)
 
 
+def _session(run: dict) -> dict:
+    """The run's ``SESSION`` fields; a run made before runs recorded their machine gets ``UNRECORDED``."""
+    return {"commit": run.get("commit"), "machine": run.get("machine", UNRECORDED)}
+
+
 def runs_frame(result: dict) -> pd.DataFrame:
-    """Every run as a row: its table, row label, setting, seed, iterations, AP figures and seconds."""
-    rows = [{k: v for k, v in r.items() if not isinstance(v, dict | list)} for r in result["runs"]]
+    """Every run as a row: its table, row label, setting, seed, iterations, AP figures, seconds and session."""
+    rows = [{**{k: v for k, v in r.items() if not isinstance(v, dict | list)}, **_session(r)} for r in result["runs"]]
     frame = pd.DataFrame(rows, columns=["table", "row", "method", "wbits", "abits", "seed", "iters", "AP", "AP50",
                                         "AP75", "fp_AP", "seconds", "calibration_seconds", *SESSION])  # fmt: skip
-    frame["machine"] = frame["machine"].astype(object).fillna(UNRECORDED)
     frame["setting"] = "W" + frame["wbits"].astype(str) + "A" + frame["abits"].astype(str)
     return frame
 
@@ -293,14 +295,7 @@ def _units_frame(result: dict, rows: tuple[str, ...]) -> pd.DataFrame:
     """Per unit of every run of ``rows`` (methods or cheaper-L_G table): the run's row, setting and seed with the
     unit's diagnostics."""
     units = [
-        {
-            "row": r["row"],
-            "setting": f"W{r['wbits']}A{r['abits']}",
-            "seed": r["seed"],
-            "commit": r.get("commit"),
-            "machine": r.get("machine", UNRECORDED),
-            **u,
-        }
+        {"row": r["row"], "setting": f"W{r['wbits']}A{r['abits']}", "seed": r["seed"], **_session(r), **u}
         for r in result["runs"]
         if r.get("table") in ("methods", "cadence") and r.get("row") in rows
         for u in r.get("units", [])
@@ -400,7 +395,7 @@ def markdown(result: dict) -> str:
         + _tally(f"`{r['commit'][:12]}`" for r in result["runs"])
         + f"; code fingerprint `{result.get('code')}`  ",
         f"Machine of this invocation: {result['machine']}, {result.get('threads', '?')} torch thread(s); runs made on "
-        + _tally(r.get("machine", UNRECORDED) for r in result["runs"])
+        + _tally(_session(r)["machine"] for r in result["runs"])
         + "  ",
         f"Budget: {result.get('iters') or 'not fixed yet:'} iterations per unit (fixed by the budget curve), "
         f"{result['calib_images']}"
@@ -470,11 +465,8 @@ def markdown(result: dict) -> str:
 
 
 def _planned(result: dict) -> list[dict]:
-    """Every run the bench that wrote ``result`` plans: the budget curve's (the tiny RetinaNet's), then the plan's."""
-    model = result.get("model", DEFAULT_MODEL)
-    fast = result.get("fast", False)
-    runs = plan(result.get("iters") or CURVE_ITERS[-1], fast, model=model)
-    return (curve_plan(fast) if model == DEFAULT_MODEL else []) + runs
+    """Every run the bench that wrote ``result`` plans."""
+    return planned_runs(result.get("model", DEFAULT_MODEL), result.get("fast", False), result.get("iters"))
 
 
 def _missing(result: dict) -> list[dict]:

@@ -159,7 +159,7 @@ def test_tables_show_mean_and_spread_and_the_verdict_against_the_best_baseline()
     assert len(ratios) == 3 and (ratios["ratio"] == 1.3).all()
     curve = [_run("budget", m, 2, 4, 0, 30.0, seconds=s) for m, s in (("brecq", 10.0), ("regptq", 12.0))]
     assert timing(_result(runs + curve))["ratio"].tolist() == [1.2]  # the curve's pair, run one after the other
-    # runs made by different invocations (another commit, or another machine) are not timed against each other
+    # runs made in different sessions (another commit, or another machine) are not timed against each other
     later = [{**r, "seed": 3, "commit": "def"} for r in curve] + [{**curve[0], "seed": 4, "machine": "cpu B"}]
     assert timing(_result(runs + curve + later + [{**curve[1], "seed": 4}]))["seed"].tolist() == [0, 3]
 
