@@ -121,8 +121,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from .coco_eval import evaluate
     from .methods import data, load_detector
 
+    _, val = data(args.model, 0, args.max_images, args.coco_root)  # a bad folder fails before a ResNet-50 is built
     model = load_detector(args.model, args.checkpoint, args.image_size, _device(args.device))
-    _, val = data(args.model, 0, args.max_images, args.coco_root)
     metrics = evaluate(model, val)
     if args.json:
         print(json.dumps({"model": args.model, **metrics}))
@@ -150,7 +150,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     from .bench import CALIB_IMAGES, WEIGHT_LR, decided_budget
     from .detectors import TORCHVISION_DETECTORS
     from .export import save_integer
-    from .methods import FAST, calibrate
+    from .methods import FAST, calibrate, data
     from .outputs import check_export_out
     from .scenes import SPLIT_SIZES
 
@@ -165,6 +165,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     for key, value in {**quick, "adaround_lr": WEIGHT_LR}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    data(args.model, 0, args.val_images, args.coco_root)  # a bad folder fails before a ResNet-50 is built
     overrides = {
         key: value
         for key, value in (
@@ -441,6 +442,13 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except (UsageError, CheckpointError, ValueError, OSError, NotebookError) as err:  # OSError: unreadable files
         print(f"regptq_lite: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except torch.OutOfMemoryError as err:  # GPU or CPU: torch's own message runs to a paragraph
+        print(
+            f"regptq_lite: error: out of memory ({str(err).split('.')[0]}); try fewer --calib-images or a smaller"
+            " --image-size",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("regptq_lite: interrupted", file=sys.stderr)

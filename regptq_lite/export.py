@@ -39,31 +39,36 @@ def code_dtype(bits: int, signed: bool) -> torch.dtype:
 
 @torch.no_grad()
 def export_layer(layer: QuantLayer) -> dict:
-    """Integer codes and the parameters that give them meaning, for one wrapped layer."""
+    """Integer codes and the parameters that give them meaning, for one wrapped layer (plain tensors on the
+    layer's device)."""
     p = layer.policy
     out: dict = {"kind": p.weight_kind, "wbits": p.wbits, "abits": p.abits, "bias": layer.layer.bias}
     w = layer.layer.weight
     grid = llaq_of(layer.wq)
     if grid is not None:
         out.update(weight_codes=layer.wq.codes(w).to(code_dtype(p.wbits, signed=True)), shift_form=is_shift_form(grid))
-        out.update({name: value.detach().clone() for name, value in zip(PARAMS, grid.grid())})
+        out.update(zip(PARAMS, grid.grid()))
     elif layer.wq is not None:
         base = layer.wq.base if hasattr(layer.wq, "base") else layer.wq
         out.update(
             weight_codes=layer.wq.codes(w).to(code_dtype(p.wbits, signed=False)),
-            weight_scale=base.scale.detach().clone(),
-            weight_zero_point=base.zero_point.clone(),
+            weight_scale=base.scale,
+            weight_zero_point=base.zero_point,
         )
     else:
-        out["weight"] = w.detach().clone()
+        out["weight"] = w
     if isinstance(layer.aq, UniformQuantizer):
-        out.update(act_scale=layer.aq.scale.detach().clone(), act_zero_point=layer.aq.zero_point.clone())
-    return out
+        out.update(act_scale=layer.aq.scale, act_zero_point=layer.aq.zero_point)
+    return {key: value.detach().clone() if torch.is_tensor(value) else value for key, value in out.items()}
 
 
 def export_integer(qmodel: nn.Module) -> dict[str, dict]:
-    """Per wrapped layer (by name), its integer form."""
-    return {name: export_layer(layer) for name, layer in quant_layers(qmodel)}
+    """Per wrapped layer (by name), its integer form on the CPU: a model calibrated on a GPU exports a file
+    that loads anywhere."""
+    return {
+        name: {key: value.cpu() if torch.is_tensor(value) else value for key, value in export_layer(layer).items()}
+        for name, layer in quant_layers(qmodel)
+    }
 
 
 def save_integer(qmodel: nn.Module, path: str | Path) -> Path:

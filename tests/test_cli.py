@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import regptq_lite.methods  # noqa: F401  (binds coco_eval.evaluate at import: import it before a test patches that)
 from regptq_lite.cli import main
 
 
@@ -36,6 +37,19 @@ def test_eval_text_says_when_pycocotools_has_no_ap(capsys, monkeypatch):
     result = run_in_process(capsys, "eval", "--max-images", 1)
     assert result.returncode == 0, result.stderr
     assert "AP n/a (no annotated objects)" in result.stdout
+
+
+def test_out_of_memory_is_one_line(capsys, monkeypatch):
+    """torch's out-of-memory message runs to several sentences; the command line gives one and exit 2."""
+    import torch
+
+    from regptq_lite import coco_eval
+
+    def exhausted(model, val):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.\nIf reserved memory is large...")
+
+    monkeypatch.setattr(coco_eval, "evaluate", exhausted)
+    assert_clean_error(run_in_process(capsys, "eval", "--max-images", 1), "out of memory (CUDA out of memory)")
 
 
 def test_eval_json_prints_one_object_with_metrics():

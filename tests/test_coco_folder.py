@@ -166,7 +166,7 @@ def _run(capsys, *argv):
         (["eval", "--model", "retinanet_resnet50_fpn", "--weights", "random"], "pass --coco-root"),
         (["eval", "--model", "retinanet_resnet50_fpn", "--weights", "random", "--coco-root", "/nowhere"],
          "COCO folder not found"),
-        (["eval", "--model", "retinanet_resnet50_fpn", "--weights", "/nowhere.pt", "--coco-root", "/nowhere"],
+        (["eval", "--model", "retinanet_resnet50_fpn", "--weights", "/nowhere.pt", "--coco-root", "{root}"],
          "checkpoint not found"),
         (["eval", "--coco-root", "/nowhere"], "--coco-root is for torchvision"),
     ],
@@ -175,6 +175,21 @@ def test_cli_real_path_errors_are_one_line(capsys, coco_root, argv, message):
     code, _, err = _run(capsys, *(a.format(root=coco_root) for a in argv))
     assert code == 2
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["eval"], ["calibrate", "--method", "brecq", "--wbits", "4", "--abits", "4"]])
+def test_a_bad_folder_fails_before_the_detector_is_built(capsys, monkeypatch, command):
+    """A ResNet-50 takes seconds to build (minutes to calibrate): the folder is checked first."""
+    from regptq_lite import methods
+
+    def built(*args, **kwargs):
+        raise AssertionError("the detector was built before the folder was checked")
+
+    monkeypatch.setattr(methods, "load_checkpoint", built)
+    code, _, err = _run(capsys, *command, "--model", "retinanet_resnet50_fpn", "--weights", "random",
+                        "--coco-root", "/nowhere")  # fmt: skip
+    assert code == 2
+    assert err.count("\n") == 1 and "COCO folder not found" in err
 
 
 def test_a_damaged_image_is_a_one_line_error(capsys, tmp_path):

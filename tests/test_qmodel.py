@@ -154,6 +154,8 @@ def test_export_holds_codes_scales_and_kind(images, tmp_path):
     assert head["kind"] == "llaq" and head["weight_codes"].dtype == torch.int8
     assert head["weight_codes"].min() >= -4 and head["weight_codes"].max() <= 3
     assert "weight" in form["head.regression_head.bbox_reg"]
+    tensors = [value for layer in form.values() for value in layer.values() if torch.is_tensor(value)]
+    assert all(type(t) is torch.Tensor and t.device.type == "cpu" for t in tensors)  # no Parameter, no GPU tensor
     path = save_integer(qmodel, tmp_path / "q.pt")
     assert path.is_file() and not list(tmp_path.glob("*.tmp"))
     with pytest.raises(FileNotFoundError):
