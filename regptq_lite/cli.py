@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, CheckpointError, ValueError, OSError, NotebookError) as err:  # OSError: unreadable files
         print(f"regptq_lite: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except torch.OutOfMemoryError as err:  # GPU or CPU: torch's own message runs to a paragraph
+    except torch.OutOfMemoryError as err:  # torch's own message runs to a paragraph
         print(
             f"regptq_lite: error: out of memory ({str(err).split('.')[0]}); try fewer --calib-images or a smaller"
             " --image-size",
