@@ -38,9 +38,9 @@ def code_dtype(bits: int, signed: bool) -> torch.dtype:
 
 
 @torch.no_grad()
-def export_layer(layer: QuantLayer) -> dict:
-    """Integer codes and the parameters that give them meaning, for one wrapped layer (plain tensors on the
-    layer's device)."""
+def export_layer(layer: QuantLayer, device: torch.device | str | None = None) -> dict:
+    """Integer codes and the parameters that give them meaning, for one wrapped layer, as plain tensors copied to
+    ``device`` (the layer's own by default)."""
     p = layer.policy
     out: dict = {"kind": p.weight_kind, "wbits": p.wbits, "abits": p.abits, "bias": layer.layer.bias}
     w = layer.layer.weight
@@ -59,16 +59,16 @@ def export_layer(layer: QuantLayer) -> dict:
         out["weight"] = w
     if isinstance(layer.aq, UniformQuantizer):
         out.update(act_scale=layer.aq.scale, act_zero_point=layer.aq.zero_point)
-    return {key: value.detach().clone() if torch.is_tensor(value) else value for key, value in out.items()}
+    return {
+        key: value.detach().to(device or value.device, copy=True) if torch.is_tensor(value) else value
+        for key, value in out.items()
+    }
 
 
 def export_integer(qmodel: nn.Module) -> dict[str, dict]:
     """Per wrapped layer (by name), its integer form on the CPU: a model calibrated on a GPU exports a file
     that loads anywhere."""
-    return {
-        name: {key: value.cpu() if torch.is_tensor(value) else value for key, value in export_layer(layer).items()}
-        for name, layer in quant_layers(qmodel)
-    }
+    return {name: export_layer(layer, "cpu") for name, layer in quant_layers(qmodel)}
 
 
 def save_integer(qmodel: nn.Module, path: str | Path) -> Path:
