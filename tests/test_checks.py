@@ -93,13 +93,15 @@ def rounding_regularizer(h, beta, reduce=torch.sum, one_minus=True, base=lambda 
     return reduce(1 - term if one_minus else term)
 
 
-def reconstruct(unit, groups, inputs, targets, fisher, iters, zero_grad=True, reg_from=0.2, step=True, beta_end=2.0):
+def reconstruct(
+    unit, groups, inputs, targets, fisher, iters, zero_grad=True, reg_from=0.2, step=True, beta_end=2.0, weighted=True
+):
     opt = torch.optim.Adam(groups)
     warm = int(reg_from * iters) if reg_from is not None else iters
     losses = []
     for it in range(iters):
         idx = torch.randperm(len(inputs))[:32]
-        loss = recon.local_loss(unit(inputs[idx]), targets[idx], fisher[idx])
+        loss = recon.local_loss(unit(inputs[idx]), targets[idx], fisher[idx] if weighted else None)
         losses.append(loss.item())
         if it >= warm:
             beta = 20 - (20 - beta_end) * (it - warm) / (iters - warm)
@@ -201,6 +203,7 @@ WRONG = [
     ("reconstruct_unit", lambda *args: reconstruct(*args, step=False), "the parameters did not move"),
     ("reconstruct_unit", lambda *args: reconstruct(*args, beta_end=20.0), "beta runs from 20 to 20"),
     ("reconstruct_unit", lambda *args: reconstruct(*args)[:10], "return the list of the 200 local losses"),
+    ("reconstruct_unit", lambda *args: reconstruct(*args, weighted=False), "the loss never uses fisher"),
 ]
 
 

@@ -109,14 +109,19 @@ class _Watch:
             handle.remove()
 
 
-def _loop_mistake(losses: object, moved: bool, watch: _Watch, undecided: float, ref_undecided: float) -> str | None:
-    """What is wrong with the student's loop, from what it returned and what the hooks saw."""
+def _loop_mistake(
+    losses: object, moved: bool, weighted: bool, watch: _Watch, undecided: float, ref_undecided: float
+) -> str | None:
+    """What is wrong with the student's loop, from what it returned, whether a gradient reached the Fisher weights
+    (``weighted``) and what the hooks saw."""
     iters, warm = RECON.iters, int(RECON.warmup * RECON.iters)
     if not isinstance(losses, (list, tuple)) or len(losses) != iters:
         got = f"{type(losses).__name__}" + (f" of length {len(losses)}" if hasattr(losses, "__len__") else "")
         return f"return the list of the {iters} local losses, one per iteration (got a {got})"
     if not moved:
         return "the parameters did not move: call opt.step() after loss.backward() (zero_grad before backward)"
+    if not weighted:
+        return "the loss never uses fisher: L_H = recon.local_loss(unit(x), y, f) with f the batch's rows of fisher"
     if watch.piled_up:
         return "no zero_grad: the gradients pile up from one iteration to the next (opt.zero_grad() before backward)"
     if watch.betas:
@@ -157,13 +162,15 @@ def reconstruct_unit(fn: Callable[..., list[float]]) -> bool:
 
         unit, groups, inputs, targets, fisher = _recon_problem()
         start = [p.detach().clone() for group in groups for p in group["params"]]
+        fisher.requires_grad_(True)  # a loss that uses the weights leaves a gradient on them
         watch = _Watch(unit)
         torch.manual_seed(0)
         losses = _call(name, fn, unit, groups, inputs, targets, fisher, RECON.iters)
         watch.stop()
-        loss, undecided = _outcome(unit, inputs, targets, fisher)
+        weighted = fisher.grad is not None
+        loss, undecided = _outcome(unit, inputs, targets, fisher.detach())
     moved = any(not torch.equal(a, p) for a, p in zip(start, (p for group in groups for p in group["params"])))
-    mistake = _loop_mistake(losses, moved, watch, undecided, ref_undecided)
+    mistake = _loop_mistake(losses, moved, weighted, watch, undecided, ref_undecided)
     if mistake:
         _fail(name, mistake)
     if loss > ref_loss + 0.25 * (nearest - ref_loss):
