@@ -362,7 +362,7 @@ def run_bench(
                 with claim(path, f"{code} {k}") as mine:
                     if mine and k not in {r["key"] for r in refresh()}:
                         done[k] = {**_calibrate(spec, calib_images, model), "key": k, "commit": commit, "code": code,
-                                   "machine": result["machine"]}  # fmt: skip
+                                   "machine": result["machine"], "threads": result["threads"]}  # fmt: skip
                         save()
                         break
             else:

@@ -7,6 +7,7 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 
 from regptq_lite import bench, bench_share, provenance
 from regptq_lite.bench import (
@@ -399,7 +400,10 @@ def test_an_interrupted_bench_resumes_runs_of_the_same_code_only(tmp_path, monke
     first = bench.run_bench(fast=True, out_dir=tmp_path, after_run=lambda result: seen.append(len(result["runs"])))
     assert len(calls) == len(first["runs"]) > 0
     assert seen[-1] == len(first["runs"]) and seen == sorted(seen)  # told after every run: bench.md follows
-    assert all(r["code"] == "one" for r in json.loads((tmp_path / "bench.json").read_text())["runs"])
+    written = json.loads((tmp_path / "bench.json").read_text())["runs"]
+    assert all(r["code"] == "one" for r in written)
+    # each run keeps what its float sums depend on besides the code: the CPU and torch's thread count
+    assert all(r["machine"] == provenance.machine() and r["threads"] == torch.get_num_threads() for r in written)
     assert budgets and None not in budgets
     bench.run_bench(fast=True, out_dir=tmp_path)
     assert len(calls) == len(first["runs"])  # every run reused
