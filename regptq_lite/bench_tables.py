@@ -126,6 +126,29 @@ def against(result: dict, table: str, rows: list[str], reference: str) -> pd.Dat
     return pd.DataFrame(out, columns=["row", "setting", "AP", reference, "gap", "verdict"])
 
 
+def reruns(results: dict[str, dict]) -> pd.DataFrame:
+    """Runs made more than once: the same detector, settings (``key``) and code fingerprint in several of
+    ``results`` (name -> bench JSON, e.g. the bench and the quiet timing files). One row per run with its AP,
+    machine and torch threads ('?' where the run did not record them), and per key the AP range over its runs."""
+    made: dict[tuple, list[dict]] = {}
+    for name, result in results.items():
+        model, seen = result.get("model", DEFAULT_MODEL), set()
+        for run in result["runs"]:
+            if "key" in run and run["key"] not in seen:  # a run that several tables share, once per file
+                seen.add(run["key"])
+                made.setdefault((model, run["key"], run.get("code")), []).append({
+                    "model": model, "row": run["row"], "setting": f"W{run['wbits']}A{run['abits']}",
+                    "seed": run["seed"], "file": name, "machine": run.get("machine", UNRECORDED),
+                    "threads": run.get("threads", "?"), "AP": run["AP"],
+                })  # fmt: skip
+    out = []
+    for runs in made.values():
+        if len(runs) > 1:
+            aps = [r["AP"] for r in runs]
+            out += [{**r, "range": max(aps) - min(aps)} for r in runs]
+    return pd.DataFrame(out, columns=["model", "row", "setting", "seed", "file", "machine", "threads", "AP", "range"])
+
+
 def has_table(result: dict, table: str) -> bool:
     """Whether the bench holds runs of ``table`` (the tiny Faster R-CNN's has no "budget" or "ablation")."""
     return any(r.get("table") == table for r in result["runs"])

@@ -45,6 +45,7 @@ from regptq_lite.bench_tables import (
     methods_table,
     qdrop_parts,
     qdrop_parts_sentence,
+    reruns,
     seconds_left,
     step_size_table,
     still_to_run,
@@ -496,3 +497,20 @@ def test_results_do_not_make_the_commit_dirty(tmp_path, monkeypatch):
     assert provenance.git_commit() == clean  # a bench writing its results: still resumable
     (tmp_path / "code.py").write_text("x = 2\n")
     assert provenance.git_commit() == clean + "-dirty"
+
+
+def test_a_run_made_twice_shows_both_aps_and_their_range():
+    first = _run("methods", "brecq", 2, 4, 0, 64.0, key="k1", code="c", threads=1)
+    shared = [{**first, "table": "budget", "row": "brecq 500 x 0.01"}]  # the same run in a second table: once
+    again = {**first, "AP": 65.5, "threads": 2}
+    other_code = {**first, "AP": 70.0, "code": "d"}
+    other_model = {**_result([{**first, "AP": 10.0}]), "model": "tiny_fasterrcnn"}
+    results = {
+        "bench.json": _result([first, *shared, _run("methods", "qdrop", 2, 4, 0, 66.0, key="k2", code="c")]),
+        "timing.json": _result([again, other_code]),
+        "frcnn.json": other_model,
+    }
+    table = reruns(results)
+    assert list(table["file"]) == ["bench.json", "timing.json"] and list(table["threads"]) == [1, 2]
+    assert list(table["AP"]) == [64.0, 65.5] and list(table["range"]) == pytest.approx([1.5, 1.5])
+    assert reruns({"bench.json": results["bench.json"]}).empty
