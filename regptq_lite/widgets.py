@@ -136,6 +136,15 @@ def llaq_panel(
     return fig, _merits(result)
 
 
+def _reach(slider: widgets.FloatSlider, value: float) -> None:
+    """Widen ``slider``'s range until it holds ``value`` (the search's k and a grow with the bit-width), then set it."""
+    if value > slider.max:
+        slider.max = value + (slider.max - slider.min) / 2
+    if value < slider.min:
+        slider.min = value
+    slider.value = value
+
+
 def llaq_explorer(weight: torch.Tensor, probe: BoxProbe | None = None, bits: int = 4) -> widgets.VBox:
     """Sliders for bits, m, k+, a+, k-, a-, redrawing ``llaq_panel`` (a new bit-width restarts from its MSE search)."""
     start = llaq_initial(weight, bits)
@@ -146,14 +155,16 @@ def llaq_explorer(weight: torch.Tensor, probe: BoxProbe | None = None, bits: int
             value=start["m"], min=-spread, max=spread, step=spread / 100, description="m", readout_format=".4f"
         ),
         **{
-            name: widgets.FloatSlider(value=start[name], min=0.1, max=4.0, step=0.05, description=name)
+            name: widgets.FloatSlider(min=0.1, max=4.0, step=0.05, description=name)
             for name in ("k_pos", "k_neg")
         },
         **{
-            name: widgets.FloatSlider(value=start[name], min=-5.0, max=40.0, step=0.25, description=name)
+            name: widgets.FloatSlider(min=-5.0, max=40.0, step=0.25, description=name)
             for name in ("a_pos", "a_neg")
         },
     }  # fmt: skip
+    for name in ("k_pos", "k_neg", "a_pos", "a_neg"):
+        _reach(sliders[name], start[name])
     output = widgets.Output()
     box = widgets.VBox([widgets.HBox(list(sliders.values())[:3]), widgets.HBox(list(sliders.values())[3:]), output])
     box.stats, box.draws = {}, 0
@@ -175,7 +186,7 @@ def llaq_explorer(weight: torch.Tensor, probe: BoxProbe | None = None, bits: int
         """A new bit-width starts from its own MSE-searched parameters."""
         quiet[0] = True
         for name, value in llaq_initial(weight, change["new"]).items():
-            sliders[name].value = value
+            _reach(sliders[name], value)
         quiet[0] = False
         update()
 

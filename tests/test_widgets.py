@@ -49,6 +49,15 @@ def test_a_new_bit_width_restarts_from_its_own_search(explorer):
     assert box.stats["LLAQ"]["mse"] < box.stats["log2"]["mse"]
 
 
+def test_every_bit_width_restarts_inside_the_sliders_range(explorer):
+    weight, _, box = explorer
+    box.sliders["bits"].value = 8  # the search's k and a at 8 bits lie beyond the 4-bit ranges
+    start = widgets.llaq_initial(weight, 8)
+    for name in widgets.PARAMS:
+        assert box.sliders[name].value == pytest.approx(start[name], abs=box.sliders[name].step)
+    box.sliders["bits"].value = 4
+
+
 def test_box_probe_is_zero_for_the_float_weight_and_restores_it(explorer):
     weight, probe, _ = explorer
     assert probe.iou_loss(weight) == pytest.approx(0.0, abs=1e-6)
