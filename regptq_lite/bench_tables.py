@@ -138,7 +138,7 @@ def reruns(results: dict[str, dict]) -> pd.DataFrame:
                 seen.add(run["key"])
                 made.setdefault((model, run["key"], run.get("code")), []).append({
                     "model": model, "row": run["row"], "setting": f"W{run['wbits']}A{run['abits']}",
-                    "seed": run["seed"], "file": name, "machine": run.get("machine", UNRECORDED),
+                    "seed": run["seed"], "file": name, "machine": _session(run)["machine"],
                     "threads": run.get("threads", "?"), "AP": run["AP"],
                 })  # fmt: skip
     out = []
