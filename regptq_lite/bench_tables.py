@@ -186,6 +186,21 @@ def step_size_table(result: dict) -> pd.DataFrame:
     return frame.sort_index(level=["lr x iters", "iters"])
 
 
+def step_size_distance(steps: pd.DataFrame) -> pd.DataFrame:
+    """Is the budget a distance? From ``step_size_table``: per method, the AP that 4x the steps adds at one
+    lr x iterations (a column per product run at both 500 and 2000 steps), beside the AP that 500 steps gain from the
+    smallest to the largest product ("500 steps, across products")."""
+    if steps.empty:
+        return pd.DataFrame()
+    ap = steps["AP"].reset_index()
+    at500 = ap[ap["iters"] == 500].set_index("lr x iters").drop(columns=["iters", "lr"]).sort_index()
+    at2000 = ap[ap["iters"] == 2000].set_index("lr x iters").drop(columns=["iters", "lr"])
+    both = at2000.index.intersection(at500.index)
+    table = {f"2000 - 500 steps at {p:g}": at2000.loc[p] - at500.loc[p] for p in both}
+    table["500 steps, across products"] = at500.iloc[-1] - at500.iloc[0]
+    return pd.DataFrame(table).rename_axis(index="method")
+
+
 def ablation_table(result: dict) -> pd.DataFrame:
     """Reg-PTQ with parts changed: n, mean, min, max and the verdict against full Reg-PTQ."""
     stats = seed_stats(runs_frame(result), "ablation").set_index("row").reindex(list(ABLATION)).dropna(how="all")

@@ -47,6 +47,7 @@ from regptq_lite.bench_tables import (
     qdrop_parts_sentence,
     reruns,
     seconds_left,
+    step_size_distance,
     step_size_table,
     still_to_run,
     timing,
@@ -256,6 +257,18 @@ def test_step_sizes_beside_the_curve_at_the_same_iterations():
     table = step_size_table(_result(runs))
     assert table.index.tolist() == [(500, 1e-3, 0.5), (500, 4e-3, 2.0)]  # W4A4 and 250 iterations left out
     assert table[("AP", "brecq")].tolist() == [55.0, 60.0] and table[("undecided", "brecq")].iloc[0] == 0.4
+
+
+def test_step_size_distance_sets_one_product_beside_the_range_of_products():
+    def run(iters, lr, ap):
+        return _run("step size", f"brecq {iters} x {lr:g}", 2, 4, 0, ap, iters=iters, method="brecq",
+                    settings={"weight_lr": lr}, units=[{"undecided": 0.5}])  # fmt: skip
+
+    runs = [run(500, 1e-3, 50.0), run(500, 4e-3, 58.0), run(2000, 1e-3, 59.0), run(500, 4e-2, 62.0)]
+    distance = step_size_distance(step_size_table(_result(runs)))
+    assert distance.columns.tolist() == ["2000 - 500 steps at 2", "500 steps, across products"]
+    assert distance.loc["brecq"].tolist() == [1.0, 12.0]
+    assert step_size_distance(step_size_table(_result([]))).empty
 
 
 def test_ablation_and_filter_tables():
