@@ -74,7 +74,8 @@ def calibration_modules(root: str = "methods") -> list[Path]:
 def code_fingerprint() -> str:
     """A hash of everything a calibration's numbers depend on: the modules that ``methods`` reaches
     (``calibration_modules``), the shipped checkpoints and the torch version. Two runs with the same
-    settings and fingerprint compute the same numbers, whatever commit they ran at."""
+    settings and fingerprint compute the same numbers on one machine at one torch thread count, whatever commit
+    they ran at; across CPUs and thread counts they may not (notebook 05 shows by how much)."""
     import torch
 
     digest = hashlib.sha256(torch.__version__.encode())

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .bench import RESULTS_DIR, load, result_name
 from .bench_tables import budget_curve, leads, methods_table
+from .provenance import code_fingerprint
 from .viz import plot_budget_curve, png_base64
 
 RUN_FIELDS = ("table", "row", "method", "wbits", "abits", "seed", "iters", "AP")  # what the tables read per run
@@ -47,6 +48,10 @@ def bench_html(result: dict) -> str:
         + ("" if fp is None else f" Full-precision AP {fp:.1f}.")
         + "</p>",
     ]
+    here = code_fingerprint()
+    if result.get("code") != here:
+        parts.append(_note(f"These numbers come from code fingerprint {result.get('code')}; the code here has {here}: "
+                           "a new bench may give other numbers."))  # fmt: skip
     if result.get("fast"):
         parts.append(_note("A FAST smoke run: too few iterations and images for its numbers to mean anything."))
     parts += [

@@ -14,6 +14,7 @@ from regptq_lite.bench import CURVE_ITERS
 from regptq_lite.learning_path import MINUTES_PER_EXERCISE, WORDS_PER_MINUTE, step
 from regptq_lite.notebooks_io import fold_answers, merge_parameters, notebooks
 from regptq_lite.offline_math import FOLDER, is_mathjax_copy
+from regptq_lite.provenance import code_fingerprint
 from regptq_lite.report_bench import bench_section, is_current
 
 LOADED_FROM_NETWORK = re.compile(r'<(?:script|img)[^>]* src="(?:https?:)?//|<link[^>]* href="(?:https?:)?//')
@@ -120,6 +121,9 @@ def test_the_index_section_shows_the_headline_table_verdicts_and_budget_curve(tm
     assert "33.1 (32.8-33.5)" in section and "30.1 (29.8-30.4)" in section  # mean (min-max) over seeds
     assert "lead" in section and "brecq" in section
     assert section.count("data:image/png;base64,") == 1  # the budget curve
+    assert "a new bench may give other numbers" in section  # the test's fingerprint is not this code's
+    path.write_text(json.dumps({**_bench_result(), "code": code_fingerprint()}))
+    assert "a new bench may give other numbers" not in bench_section(path)
 
 
 @pytest.mark.parametrize(
