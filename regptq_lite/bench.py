@@ -319,6 +319,7 @@ def run_bench(
         "calib_images": calib_images,
         "seeds": list(FAST["seeds"] if fast else SEEDS),
         "iters": None,  # the budget, once the curve has fixed it
+        "selection": {"methods": methods, "rows": rows, "seeds": seeds},  # None: every one (``select``)
         "runs": [],
         "quantizer_mse": quantizer_mse(),
         "cost": {model: cost_table(load_checkpoint(model)[0], SceneSet("val", size=1).images())},

@@ -24,6 +24,7 @@ from .bench import (
     STEP_SIZES,
     place,
     planned_runs,
+    select,
 )
 from .recon import ReconSettings
 
@@ -425,6 +426,7 @@ def markdown(result: dict) -> str:
     frame = runs_frame(result)
     fp = frame["fp_AP"].iloc[0] if len(frame) else float("nan")
     planned = len(_planned(result))
+    done = planned - len(_missing(result))
     lines = [
         "# Benchmark results",
         "",
@@ -440,8 +442,8 @@ def markdown(result: dict) -> str:
         " calibration images (the paper: 2k iterations per unit, batch 256). Seeds: "
         + ", ".join(map(str, result["seeds"]))
         + ".  ",
-        f"Runs: {len(frame)} of the {planned} planned"
-        + ("." if len(frame) >= planned else ' (an unfinished bench: the rest is blank; "Still to run" at the end).'),
+        f"Runs: {done} of the {planned} planned"
+        + ("." if done == planned else ' (an unfinished bench: the rest is blank; "Still to run" at the end).'),
         "",
         *[f"- {line}" for line in findings(result)],
         "",
@@ -503,8 +505,9 @@ def markdown(result: dict) -> str:
 
 
 def _planned(result: dict) -> list[dict]:
-    """Every run the bench that wrote ``result`` plans."""
-    return planned_runs(result.get("model", DEFAULT_MODEL), result.get("fast", False), result.get("iters"))
+    """Every run the bench that wrote ``result`` plans: those its ``selection`` chose, if it records one."""
+    runs = planned_runs(result.get("model", DEFAULT_MODEL), result.get("fast", False), result.get("iters"))
+    return select(runs, **result.get("selection", {}))
 
 
 def _missing(result: dict) -> list[dict]:

@@ -368,6 +368,9 @@ def test_still_to_run_lists_the_missing_runs_in_the_benchs_order_seeds_grouped()
     assert "\n\n- methods W8A8: naive (seed 0)\n- methods W4A8: brecq (seeds 1, 2)\n" in markdown(result)
     assert still_to_run({**result, "runs": planned}) == []
     assert "Still to run" not in markdown({**result, "runs": planned})
+    chosen = {**result, "selection": {"methods": None, "rows": ["naive"], "seeds": None}}  # a bench of one row
+    assert still_to_run(chosen) == ["methods W8A8: naive (seed 0)"]
+    assert "Runs: 4 of the 5 planned (an unfinished bench" in markdown(chosen)  # naive at five settings, one missing
 
 
 def test_an_unfinished_curve_reports_its_last_doublings_and_undecided_roundings():
@@ -424,6 +427,9 @@ def test_an_interrupted_bench_resumes_runs_of_the_same_code_only(tmp_path, monke
     monkeypatch.setattr(bench, "code_fingerprint", lambda: "two")
     bench.run_bench(fast=True, out_dir=tmp_path)
     assert len(calls) == 2 * len(first["runs"])  # new code: every run again
+    assert first["selection"] == {"methods": None, "rows": None, "seeds": None}  # every run was asked for
+    chosen = bench.run_bench(fast=True, out_dir=tmp_path, rows=["naive"])
+    assert chosen["selection"] == {"methods": None, "rows": ["naive"], "seeds": None}  # the tables plan only these
 
 
 def test_two_processes_share_one_bench_and_compute_each_run_once(tmp_path, monkeypatch):
