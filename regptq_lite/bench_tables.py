@@ -593,9 +593,7 @@ def findings(result: dict) -> list[str]:
     ratios = timing(result)["ratio"]
     if len(ratios):
         how = (
-            "run one after the other"
-            if has_table(result, "budget")
-            else "from the methods table, whose runs shared the machine"
+            "run one after the other" if has_table(result, "budget") else f"from the methods table; {QUIET_PAIR}"
         )  # as ``timing`` chose its pairs
         out.append(f"Reg-PTQ's calibration took {_ratio_spread(ratios, f' {how}')}.")
     cadence = cadence_table(result)

@@ -323,7 +323,7 @@ def test_reg_ptqs_two_parts_on_qdrop_over_the_seeds_all_four_cells_share():
 
 def test_the_time_ratio_of_a_single_pair_has_no_range_and_says_how_it_was_run():
     runs = [_run("methods", "regptq", 2, 4, 0, 40.0, seconds=30.0), _run("methods", "brecq", 2, 4, 0, 39.0)]
-    text = "Reg-PTQ's calibration took 3.00x BRECQ's wall time (one pair from the methods table, whose runs shared"
+    text = "Reg-PTQ's calibration took 3.00x BRECQ's wall time (one pair from the methods table; a ratio compares the"
     assert any(line.startswith(text) for line in findings(_result(runs)))
     curve = [_run("budget", "regptq", 2, 4, 0, 40.0, seconds=30.0), _run("budget", "brecq", 2, 4, 0, 39.0)]
     text = "Reg-PTQ's calibration took 3.00x BRECQ's wall time (one pair run one after the other)."
