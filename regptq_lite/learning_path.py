@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .notebooks_io import SOLUTION
+from .notebooks_io import SOLUTION, title
 
 WORDS_PER_MINUTE = 200
 MINUTES_PER_EXERCISE = 6
@@ -34,8 +34,6 @@ def step(path: Path, run_seconds: float) -> Step:
 
     nb = nbformat.read(path, as_version=4)
     meta = nb.metadata.get("regptq", {})
-    headings = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines()]
-    title = next((line[2:].strip() for line in headings if line.startswith("# ")), path.stem)
     if "minutes" in meta:
         minutes, basis = float(meta["minutes"]), "set by the notebook's author"
     else:
@@ -46,4 +44,4 @@ def step(path: Path, run_seconds: float) -> Step:
             f"estimated: {words} words to read, exercises: {exercises} x {MINUTES_PER_EXERCISE} min, "
             f"run: {run_seconds / 60:.1f} min"
         )
-    return Step(path.stem, title, meta.get("summary", ""), minutes, basis)
+    return Step(path.stem, title(nb, path.stem), meta.get("summary", ""), minutes, basis)

@@ -31,7 +31,11 @@ KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
 KERNEL_ARGS = ["--matplotlib=inline", "--IPKernelApp.log_level=CRITICAL"]
 PLOTTING = re.compile(r"\b(?:viz|plt)\.\w+\(|\.plot\(")
 PARAMETER_TAGS = ("parameters", "injected-parameters")  # papermill's: the cell written, the cell it injects
-OFFLINE_TEMPLATE = {"offline": "{%- extends 'index.html.j2' -%}{% block html_head_js_requirejs %}{% endblock %}"}
+OFFLINE_TEMPLATE = {  # no require.js from a CDN; resources["nav"] (links between pages) above and below
+    "offline": "{%- extends 'index.html.j2' -%}{% block html_head_js_requirejs %}{% endblock %}"
+    "{% block body_header %}{{ super() }}{{ resources.get('nav', '') }}{% endblock body_header %}"
+    "{% block body_footer %}{{ resources.get('nav', '') }}{{ super() }}{% endblock body_footer %}"
+}
 ASSIGNMENT = re.compile(r"^([ \t]*)(\w+)[ \t]*=[^#\n]*?([ \t]*#.*)?$", re.M)  # NAME = value  # comment
 
 
@@ -114,11 +118,18 @@ def merge_parameters(nb: NotebookNode) -> NotebookNode:
     return nb
 
 
-def render(executed: Path, out: Path, figures: bool = False, mathjax_url: str | None = None) -> Path:
-    """HTML of an executed notebook (no re-execution) with one parameters cell (``merge_parameters``);
-    figures stay embedded PNG images. With ``mathjax_url`` (a copy of MathJax beside the page) the page loads
-    nothing from the network: MathJax from there, and not the require.js that nbconvert's page takes from a CDN
-    (only embedded widget state needs it, and our notebooks store none).
+def title(nb: NotebookNode, default: str) -> str:
+    """The notebook's title: its first level-1 markdown heading, else ``default``."""
+    lines = [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines()]
+    return next((line[2:].strip() for line in lines if line.startswith("# ")), default)
+
+
+def render(executed: Path, out: Path, figures: bool = False, mathjax_url: str | None = None, nav: str = "") -> Path:
+    """HTML of an executed notebook (no re-execution) with one parameters cell (``merge_parameters``), titled by
+    its first heading; figures stay embedded PNG images. With ``mathjax_url`` (a copy of MathJax beside the page)
+    the page loads nothing from the network: MathJax from there, and not the require.js that nbconvert's page
+    takes from a CDN (only embedded widget state needs it, and our notebooks store none); ``nav`` (HTML) then
+    goes above and below the notebook.
 
     With ``figures``, a page without a single image is a ``NotebookError`` and is not written.
     """
@@ -129,7 +140,8 @@ def render(executed: Path, out: Path, figures: bool = False, mathjax_url: str | 
     offline = {"mathjax_url": mathjax_url, "extra_loaders": [DictLoader(OFFLINE_TEMPLATE)], "template_file": "offline"}
     exporter = HTMLExporter() if mathjax_url is None else HTMLExporter(**offline)
     nb = fold_answers(merge_parameters(nbformat.read(executed, as_version=4)))
-    body, _ = exporter.from_notebook_node(nb)
+    nb.metadata["title"] = title(nb, executed.stem)
+    body, _ = exporter.from_notebook_node(nb, resources={"nav": nav})
     if figures and "<img" not in body:
         raise NotebookError(f"notebook {executed.name} plots, but its page holds no figure")
     return write_atomic(out, lambda tmp: tmp.write_text(body, encoding="utf-8"))

@@ -14,7 +14,7 @@ from .atomic import write_atomic
 from .coco_eval import evaluate, predict
 from .detectors import CHECKPOINTS, card_path, load_checkpoint
 from .learning_path import MINUTES_PER_EXERCISE, WORDS_PER_MINUTE, Step, step
-from .notebooks_io import NOTEBOOKS_DIR, execute, notebooks, plots, render
+from .notebooks_io import NOTEBOOKS_DIR, execute, notebooks, plots, render, title
 from .offline_math import install_mathjax
 from .report_bench import bench_section
 from .scenes import SceneSet
@@ -70,9 +70,26 @@ def render_notebooks(
         started = time.monotonic()
         execute(path, executed, fast=fast, seed=seed)
         seconds = time.monotonic() - started
-        page = render(executed, out_dir / f"{path.stem}.html", figures=plots(path), mathjax_url=mathjax_url)
+        nav = navigation(found, i - 1)
+        page = render(executed, out_dir / f"{path.stem}.html", plots(path), mathjax_url, nav)
         pages.append((page, seconds))
     return pages
+
+
+def navigation(found: list[Path], i: int) -> str:
+    """Links from the page of notebook ``found[i]`` to the index and to the notebooks before and after it."""
+    import nbformat
+
+    def link(path: Path, label: str) -> str:
+        name = title(nbformat.read(path, as_version=4), path.stem)
+        return f'<a href="{html.escape(path.stem)}.html">{label} {html.escape(name)}</a>'
+
+    links = ['<a href="index.html">Report index</a>']
+    if i > 0:
+        links.append(link(found[i - 1], "&larr; previous:"))
+    if i + 1 < len(found):
+        links.append(link(found[i + 1], "next:"))
+    return f'<nav style="margin: 1rem 0; font-family: system-ui, sans-serif">{" &middot; ".join(links)}</nav>'
 
 
 def _path_row(number: int, page: Path, entry: Step) -> str:

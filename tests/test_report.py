@@ -1,6 +1,7 @@
 """The HTML report stands alone: formulas render from its own copy of MathJax with the network off, pages show
 one parameters cell and no stray object reprs, and the index holds the learning path and the benchmark."""
 
+import html
 import json
 import re
 import shutil
@@ -12,7 +13,7 @@ from test_bench import _result, _run
 
 from regptq_lite.bench import CURVE_ITERS
 from regptq_lite.learning_path import MINUTES_PER_EXERCISE, WORDS_PER_MINUTE, step
-from regptq_lite.notebooks_io import fold_answers, merge_parameters, notebooks
+from regptq_lite.notebooks_io import fold_answers, merge_parameters, notebooks, title
 from regptq_lite.offline_math import FOLDER, is_mathjax_copy
 from regptq_lite.provenance import code_fingerprint
 from regptq_lite.report_bench import bench_section, is_current
@@ -156,3 +157,17 @@ def test_the_fast_index_holds_the_learning_path_and_the_benchmark(fast_report):
         row = re.search(rf'<tr><td>\d+</td><td class="text"><a href="{path.stem}\.html">.*?</tr>', index)
         assert row, path.stem
         assert re.search(r"<td>\d+</td><td class=\"text\">(estimated|set by)", row[0]), row[0]
+
+
+def test_each_page_is_titled_by_its_notebook_and_links_to_the_index_and_its_neighbours(fast_report):
+    found = notebooks()
+    pages = _pages(fast_report)
+    for i, path in enumerate(found):
+        page = pages[path.stem]
+        name = title(nbformat.read(path, as_version=4), "")
+        assert name and f"<title>{html.escape(name, quote=False)}</title>" in page, path.stem
+        assert page.count('<a href="index.html">Report index</a>') == 2  # above and below the notebook
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(found):
+                assert f'<a href="{found[j].stem}.html">' in page
+        assert (f'<a href="{found[i + 1].stem}.html">next:' in page) == (i + 1 < len(found))
