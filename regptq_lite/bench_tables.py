@@ -425,8 +425,7 @@ def markdown(result: dict) -> str:
     model = result.get("model", DEFAULT_MODEL)
     frame = runs_frame(result)
     fp = frame["fp_AP"].iloc[0] if len(frame) else float("nan")
-    planned = len(_planned(result))
-    done = planned - len(_missing(result))
+    done, planned = completion(result)
     lines = [
         "# Benchmark results",
         "",
@@ -502,6 +501,12 @@ def markdown(result: dict) -> str:
         lines += ["", f"## Still to run, in the order the bench takes them ({hours})", ""]
         lines += [f"- {line}" for line in remaining]
     return "\n".join(lines) + "\n"
+
+
+def completion(result: dict) -> tuple[int, int]:
+    """(runs made, runs planned) of the bench that wrote ``result``: only the planned runs count."""
+    planned = len(_planned(result))
+    return planned - len(_missing(result)), planned
 
 
 def _planned(result: dict) -> list[dict]:

@@ -35,7 +35,9 @@ img {{ max-width: 100%; }} code {{ background: #f3f3f3; padding: 0 .2rem; }}
 <h2>Learning path</h2>
 <p>The notebooks in order, executed top to bottom for this report with {mode}. Minutes for a student: set by a
 notebook's author, or estimated as its words (text and code) at {wpm} a minute, plus {per_exercise} minutes per
-exercise, plus the time it took to run in this build{run_note}.</p>
+exercise, plus the time it took to run in this build{run_note}. In the pages, a line "claim ✓" is a statement
+checked against the numbers printed beside it, whether or not it agrees with the paper; one that failed would
+have stopped this build.</p>
 <table><tr><th>#</th><th class="text">notebook</th><th class="text">what you do</th><th>minutes</th>
 <th class="text">how the minutes were found</th></tr>
 {path_rows}
@@ -46,7 +48,7 @@ exercise, plus the time it took to run in this build{run_note}.</p>
 <p>{model}: {parameters:,} parameters, trained from scratch by <code>{command}</code>
 (seed {seed}, {iters} iterations of {batch_size} scenes, {train_minutes:.1f} min on {threads} CPU threads).</p>
 <table><tr>{metric_heads}</tr><tr>{metric_cells}</tr></table>
-<p>COCO box metrics (0-100) on the {images} validation scenes, recomputed while this report was built.</p>
+<p>COCO box metrics (0-100) on the {images} validation scenes, recomputed while this report was built{apl_note}.</p>
 <img alt="detections of the FP detector on validation scenes" src="data:image/png;base64,{figure}">
 </body></html>
 """
@@ -141,6 +143,7 @@ def build_report(
         metric_heads="".join(f"<th>{n}</th>" for n in names),
         metric_cells="".join("<td>n/a</td>" if metrics[n] is None else f"<td>{metrics[n]:.1f}</td>" for n in names),
         images=metrics["images"],
+        apl_note="; APl is n/a: no scene object has more than 96 x 96 visible pixels" if metrics["APl"] is None else "",
         figure=figure,
     )
     return write_atomic(out_dir / "index.html", lambda tmp: tmp.write_text(page))

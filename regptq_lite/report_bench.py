@@ -7,11 +7,13 @@ A missing, unreadable or older-format results file gives a one-line note instead
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable
 from pathlib import Path
 
 from .bench import RESULTS_DIR, load, result_name
-from .bench_tables import budget_curve, leads, methods_table
+from .bench_tables import budget_curve, completion, leads, methods_table
 from .provenance import code_fingerprint
+from .recon import ReconSettings
 from .viz import plot_budget_curve, png_base64
 
 RUN_FIELDS = ("table", "row", "method", "wbits", "abits", "seed", "iters", "AP")  # what the tables read per run
@@ -34,19 +36,55 @@ def _table(frame, **options) -> str:
     return frame.to_html(border=0, na_rep="-", **options)
 
 
+# The paper's RetinaNet-R50 on COCO, full quantization (PAPER.md section 6): Reg-PTQ's lead over QDrop, in AP
+PAPER_LEADS = {"W2A4": 23.9 - 19.9, "W3A3": 28.1 - 26.5, "W4A4": 36.7 - 34.1}
+VERDICT_LEGEND = (
+    "mean: the row's mean AP over seeds; best baseline: the other method with the highest mean at that setting, "
+    "baseline its mean; gap: mean - baseline; spread: the larger of the two rows' max - min over seeds. A gap is a "
+    "lead (or behind) only beyond the spread and with three seeds each; one seed's spread is 0."
+)
+
+
+def _setting(runs: list[dict], field: str) -> str:
+    """The values that the methods table's runs used for a ``ReconSettings`` field, e.g. "0.01"."""
+    return _values(r.get("settings", {}).get(field) for r in runs if r.get("table") == "methods")
+
+
+def _values(found: Iterable[float | None]) -> str:
+    """The distinct numbers among ``found`` (None left out), as "0.001" or "0.001 and 0.01"; "?" if none."""
+    return " and ".join(f"{v:g}" for v in sorted({v for v in found if v is not None})) or "?"
+
+
+def _headline(verdicts) -> str:
+    """Reg-PTQ's own row against the best baseline, by verdict, beside the paper's leads."""
+    mine = verdicts[verdicts.row == "regptq"]
+    said = [f"{v} at {', '.join(group.setting)}" for v, group in mine.groupby("verdict", sort=False)]
+    paper = ", ".join(f"+{lead:.1f} at {setting}" for setting, lead in PAPER_LEADS.items())
+    return (f"Reg-PTQ against the best baseline: {'; '.join(said) or 'no setting yet'}. The paper, on COCO "
+            f"(RetinaNet-R50): ahead of QDrop by {paper}.")  # fmt: skip
+
+
 def bench_html(result: dict) -> str:
     """The section's HTML for results in the current format."""
     runs = result["runs"]
     fp = next((r["fp_AP"] for r in runs if r.get("fp_AP") is not None), None)
+    done, planned = completion(result)
+    commits, codes = len({r.get("commit") for r in runs}), len({r.get("code") for r in runs})
     budget = "budget not fixed yet" if result.get("iters") is None else f"{result['iters']} iterations per unit"
+    step, published = _setting(runs, "weight_lr"), f"{ReconSettings().weight_lr:g}"
     setting = (
-        f"{budget}, {result.get('calib_images', '?')} calibration images, seeds {', '.join(map(str, result['seeds']))}"
+        f"{budget}, {result.get('calib_images', '?')} calibration images in batches of {_setting(runs, 'batch_size')}, "
+        f"AdaRound's rounding step {step} for every method"
+        + ("" if step in (published, "?") else f" (the published {published}: a departure, notebook 05 says why)")
+        + f", seeds {', '.join(map(str, result['seeds']))}"
     )
     parts = [
-        f"<p>From <code>{html.escape(str(result['command']))}</code> at commit "
-        f"<code>{html.escape(str(result['commit'])[:12])}</code>: {len(runs)} calibrations, {html.escape(setting)}."
+        f"<p>From <code>{html.escape(str(result['command']))}</code>, last invoked at commit "
+        f"<code>{html.escape(str(result['commit'])[:12])}</code>: {done} of the {planned} planned calibrations"
+        + ("" if done >= planned else " (an unfinished bench: what has not run is blank)")
+        + f", made at {commits} commit(s) with {codes} code fingerprint(s); {html.escape(setting)}."
         + ("" if fp is None else f" Full-precision AP {fp:.1f}.")
-        + "</p>",
+        + " AP: COCO box AP (0-100) on the 500 validation scenes.</p>",
     ]
     here = code_fingerprint()
     if result.get("code") != here:
@@ -60,13 +98,21 @@ def bench_html(result: dict) -> str:
         "<h3>Reg-PTQ against the best baseline: a lead only beyond the seed spread</h3>",
     ]
     verdicts = leads(result)
-    parts.append(_note("No setting has both Reg-PTQ and a baseline.") if verdicts.empty else
-                 _table(verdicts, index=False, float_format="{:.1f}".format))  # fmt: skip
+    if verdicts.empty:
+        parts.append(_note("No setting has both Reg-PTQ and a baseline."))
+    else:
+        parts += [f"<p><strong>{html.escape(_headline(verdicts))}</strong></p>",
+                  _table(verdicts, index=False, float_format="{:.2f}".format), _note(VERDICT_LEGEND)]  # fmt: skip
     parts.append("<h3>Budget curve</h3>")
     curve = budget_curve(result)
     if curve.empty:
         parts.append(_note("These results hold no budget curve."))
     else:
+        curve_step = _values(r.get("settings", {}).get("weight_lr") for r in runs if r.get("table") == "budget")
+        parts.append(_note(
+            f"Seed 0, AdaRound's step {curve_step}: the curve chose the number of "
+            f"iterations; the tables above use the bench's step ({step}), so their AP is not the curve's."
+        ))  # fmt: skip
         figure = png_base64(plot_budget_curve(curve, budget=result.get("iters")))
         parts.append(f'<img alt="AP against iterations per unit" src="data:image/png;base64,{figure}">')
     return "\n".join(parts)

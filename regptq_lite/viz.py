@@ -273,15 +273,16 @@ def plot_part_loss(rows_by_method: dict[str, list[dict]]) -> plt.Figure:
 
 def plot_budget_curve(curve: pd.DataFrame, budget: int | None = None) -> plt.Figure:
     """AP against iterations per unit (``bench_tables.budget_curve``: index iterations, columns (method,
-    setting)): a colour per method, a line style per setting; ``budget``, the bench's chosen one, dotted."""
+    setting)): a colour per method, a line style and marker per setting; ``budget``, the bench's chosen one, dotted."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     methods = list(dict.fromkeys(m for m, _ in curve.columns))
     settings = list(dict.fromkeys(s for _, s in curve.columns))
     for (method, setting), series in curve.items():
         series = series.dropna()
         colour = f"C{methods.index(method)}"
-        ax.plot(series.index, series.values, "o", ls=("-", "--", ":", "-.")[settings.index(setting) % 4],
-                color=colour, label=f"{method} {setting}")  # fmt: skip
+        style = settings.index(setting) % 4  # a line style and a marker per setting, told apart in the legend too
+        ax.plot(series.index, series.values, "osD^"[style], ls=("-", "--", ":", "-.")[style], color=colour,
+                label=f"{method} {setting}")  # fmt: skip
     if budget is not None:
         ax.axvline(budget, color="black", ls=":", lw=1, label=f"budget {budget}")
     ax.set_xscale("log", base=2)

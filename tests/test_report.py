@@ -121,6 +121,8 @@ def test_the_index_section_shows_the_headline_table_verdicts_and_budget_curve(tm
     section = bench_section(path)
     assert "33.1 (32.8-33.5)" in section and "30.1 (29.8-30.4)" in section  # mean (min-max) over seeds
     assert "lead" in section and "brecq" in section
+    assert "Reg-PTQ against the best baseline: lead at W2A4." in section  # the headline, beside the paper's leads
+    assert "spread: the larger of the two rows" in section and "of the 151 planned calibrations" in section
     assert section.count("data:image/png;base64,") == 1  # the budget curve
     assert "a new bench may give other numbers" in section  # the test's fingerprint is not this code's
     path.write_text(json.dumps({**_bench_result(), "code": code_fingerprint()}))
@@ -170,4 +172,5 @@ def test_each_page_is_titled_by_its_notebook_and_links_to_the_index_and_its_neig
         for j in (i - 1, i + 1):
             if 0 <= j < len(found):
                 assert f'<a href="{found[j].stem}.html">' in page
-        assert (f'<a href="{found[i + 1].stem}.html">next:' in page) == (i + 1 < len(found))
+        assert ("previous:" in page) == (i > 0)  # the first page has no previous link
+        assert (">next:" in page) == (i + 1 < len(found))  # the last page has no next link
