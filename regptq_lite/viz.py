@@ -227,13 +227,22 @@ def plot_filter(
 
 
 def plot_bench_bits(methods: pd.DataFrame, fp_ap: float) -> plt.Figure:
-    """AP against the bit setting, one line per method (``bench.frames(...)["methods"]``)."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for method, row in methods.iterrows():
-        ax.plot(list(row.index), row.values, "o-", label=method, lw=2.2 if method == "regptq" else 1.2)
-    ax.axhline(fp_ap, color="black", ls=":", label=f"FP {fp_ap:.1f}")
-    ax.set(xlabel="weight / activation bits", ylabel="AP", title="Full quantization of the tiny RetinaNet")
-    ax.legend(fontsize=7)
+    """AP against the bit setting, one line per row (index rows, columns settings, cells mean AP): every row on
+    the left; on the right, when there is a "naive" row, the others alone, as its collapse at W2A4 would squeeze
+    them into one band."""
+    others = methods.drop(index="naive", errors="ignore")
+    panels = [(methods, "every row")] + (
+        [(others, "without naive: the AP axis zoomed")] if 0 < len(others) < len(methods) else []
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.6), squeeze=False)
+    for ax, (frame, title) in zip(axes[0], panels):
+        for method, row in frame.iterrows():
+            ax.plot(list(row.index), row.values, "o-", color=f"C{list(methods.index).index(method) % 10}",
+                    label=method, lw=2.2 if method == "regptq" else 1.2)  # fmt: skip
+        ax.axhline(fp_ap, color="black", ls=":", label=f"FP {fp_ap:.1f}")
+        ax.set(xlabel="weight / activation bits", ylabel="AP", title=title)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Full quantization of the tiny RetinaNet", fontsize=10)
     fig.tight_layout()
     return fig
 

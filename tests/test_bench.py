@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from regptq_lite import bench, bench_share, provenance
+from regptq_lite import bench, bench_share, provenance, viz
 from regptq_lite.bench import (
     ABLATION,
     BITS,
@@ -533,3 +533,13 @@ def test_a_run_made_twice_shows_both_aps_and_their_range():
     assert list(table["file"]) == ["bench.json", "timing.json"] and list(table["threads"]) == [1, 2]
     assert list(table["AP"]) == [64.0, 65.5] and list(table["range"]) == pytest.approx([1.5, 1.5])
     assert reruns({"bench.json": results["bench.json"]}).empty
+
+
+def test_the_bits_plot_zooms_on_the_reconstruction_rows_beside_every_row():
+    means = pd.DataFrame({"W2A4": [15.3, 64.4], "W4A4": [68.1, 68.6]}, index=["naive", "regptq"])
+    fig = viz.plot_bench_bits(means, fp_ap=71.0)
+    every, zoomed = fig.axes
+    assert [line.get_label() for line in every.lines] == ["naive", "regptq", "FP 71.0"]
+    assert [line.get_label() for line in zoomed.lines] == ["regptq", "FP 71.0"]
+    assert zoomed.get_ylim()[0] > 15.3  # naive's collapse no longer sets the axis
+    assert len(viz.plot_bench_bits(means.loc[["regptq"]], fp_ap=71.0).axes) == 1  # nothing to zoom on
