@@ -10,6 +10,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
 
 EXIT_BAD_INPUT = 2
 
@@ -117,12 +121,39 @@ def _ap(value: float | None) -> str:
     return "n/a (no annotated objects)" if value is None else f"{value:.1f}"
 
 
+DETECTION_CHECK_IMAGES = 8  # validation images a model must detect something on before it is measured
+
+
+def _require_detections(args: argparse.Namespace, model: nn.Module | None = None) -> None:
+    """One line and exit 2 when the FP detector from ``--weights`` detects nothing on the first validation
+    images: its AP would be 0 by construction, and as FGIC's teacher it leaves the filter nothing to keep.
+    ``model`` is that detector if already built. ``--weights random`` is a smoke run of the code path, not checked."""
+    import torch
+
+    from .detectors import RANDOM_WEIGHTS
+    from .methods import data, load_detector
+
+    if args.checkpoint == RANDOM_WEIGHTS:
+        return
+    _, few = data(args.model, 0, DETECTION_CHECK_IMAGES, args.coco_root)
+    model = model or load_detector(args.model, args.checkpoint, args.image_size, _device(args.device))
+    device = next(model.parameters()).device
+    with torch.inference_mode():  # one batch, no progress bar: a check, not an evaluation
+        outputs = model([image.to(device) for image in few.images(range(len(few)))])
+    if not any(len(out["boxes"]) for out in outputs):
+        raise UsageError(
+            f"the model from {args.checkpoint or 'the shipped checkpoint'} detects nothing on the first {len(few)} "
+            "validation images (no score above its threshold): there is no AP to measure; check the weights"
+        )
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .coco_eval import evaluate
     from .methods import data, load_detector
 
     _, val = data(args.model, 0, args.max_images, args.coco_root)  # a bad folder fails before a ResNet-50 is built
     model = load_detector(args.model, args.checkpoint, args.image_size, _device(args.device))
+    _require_detections(args, model)
     metrics = evaluate(model, val)
     if args.json:
         print(json.dumps({"model": args.model, **metrics}))
@@ -166,6 +197,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
         if getattr(args, key) is None:
             setattr(args, key, value)
     data(args.model, 0, args.val_images, args.coco_root)  # a bad folder fails before a ResNet-50 is built
+    _require_detections(args)  # before minutes of calibration against a teacher that detects nothing
     overrides = {
         key: value
         for key, value in (

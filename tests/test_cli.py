@@ -186,3 +186,18 @@ def test_calibrate_naive_json_and_integer_export(tmp_path):
     assert out["val_images"] == 40
     assert 0 <= out["AP"] <= 100
     assert saved.is_file() and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("command", [("eval",), (*CALIB, "--wbits", "4", "--abits", "4")])
+def test_a_model_that_detects_nothing_is_one_line_before_it_is_measured(capsys, tmp_path, command):
+    import torch
+
+    from regptq_lite.detectors import load_checkpoint
+
+    state = load_checkpoint()[0].state_dict()
+    bias = next(key for key in state if key.endswith("cls_logits.bias"))
+    state[bias] = torch.full_like(state[bias], -50.0)  # every score far below the detector's threshold
+    silent = tmp_path / "silent.pt"
+    torch.save(state, silent)
+    result = run_in_process(capsys, *command, "--checkpoint", silent)
+    assert_clean_error(result, f"from {silent} detects nothing on the first 8 validation images")
