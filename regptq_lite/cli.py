@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from torch import nn
 
+    from .coco_folder import CocoFolder
+    from .scenes import SceneSet
+
 EXIT_BAD_INPUT = 2
 
 
@@ -124,26 +127,25 @@ def _ap(value: float | None) -> str:
 DETECTION_CHECK_IMAGES = 8  # validation images a model must detect something on before it is measured
 
 
-def _require_detections(args: argparse.Namespace, model: nn.Module | None = None) -> None:
-    """One line and exit 2 when the FP detector from ``--weights`` detects nothing on the first validation
-    images: its AP would be 0 by construction, and as FGIC's teacher it leaves the filter nothing to keep.
-    ``model`` is that detector if already built. ``--weights random`` is a smoke run of the code path, not checked."""
+def _require_detections(args: argparse.Namespace, val: SceneSet | CocoFolder, model: nn.Module | None = None) -> None:
+    """One line and exit 2 when the FP detector from ``--weights`` detects nothing on the first images of ``val``:
+    its AP would be 0 by construction, and as FGIC's teacher it leaves the filter nothing to keep. ``model`` is
+    that detector if already built. ``--weights random`` is a smoke run of the code path, not checked."""
     import torch
 
     from .detectors import RANDOM_WEIGHTS
-    from .methods import data, load_detector
+    from .methods import load_detector
 
     if args.checkpoint == RANDOM_WEIGHTS:
         return
-    _, few = data(args.model, 0, DETECTION_CHECK_IMAGES, args.coco_root)
     model = model or load_detector(args.model, args.checkpoint, args.image_size, _device(args.device))
-    device = next(model.parameters()).device
+    device, few = next(model.parameters()).device, range(min(DETECTION_CHECK_IMAGES, len(val)))
     with torch.inference_mode():  # one batch, no progress bar: a check, not an evaluation
-        outputs = model([image.to(device) for image in few.images(range(len(few)))])
+        outputs = model([image.to(device) for image in val.images(few)])
     if not any(len(out["boxes"]) for out in outputs):
         raise UsageError(
             f"the model from {args.checkpoint or 'the shipped checkpoint'} detects nothing on the first {len(few)} "
-            "validation images (no score above its threshold): there is no AP to measure; check the weights"
+            "validation image(s) (no score above its threshold): there is no AP to measure; check the weights"
         )
 
 
@@ -153,7 +155,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
     _, val = data(args.model, 0, args.max_images, args.coco_root)  # a bad folder fails before a ResNet-50 is built
     model = load_detector(args.model, args.checkpoint, args.image_size, _device(args.device))
-    _require_detections(args, model)
+    _require_detections(args, val, model)
     metrics = evaluate(model, val)
     if args.json:
         print(json.dumps({"model": args.model, **metrics}))
@@ -196,8 +198,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     for key, value in {**quick, "adaround_lr": WEIGHT_LR}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    data(args.model, 0, args.val_images, args.coco_root)  # a bad folder fails before a ResNet-50 is built
-    _require_detections(args)  # before minutes of calibration against a teacher that detects nothing
+    _, val = data(args.model, 0, args.val_images, args.coco_root)  # a bad folder fails before a ResNet-50 is built
+    _require_detections(args, val)  # before minutes of calibration against a teacher that detects nothing
     overrides = {
         key: value
         for key, value in (

@@ -200,4 +200,4 @@ def test_a_model_that_detects_nothing_is_one_line_before_it_is_measured(capsys, 
     silent = tmp_path / "silent.pt"
     torch.save(state, silent)
     result = run_in_process(capsys, *command, "--checkpoint", silent)
-    assert_clean_error(result, f"from {silent} detects nothing on the first 8 validation images")
+    assert_clean_error(result, f"from {silent} detects nothing on the first 8 validation image(s)")
