@@ -17,6 +17,7 @@ from .learning_path import MINUTES_PER_EXERCISE, WORDS_PER_MINUTE, Step, step
 from .notebooks_io import NOTEBOOKS_DIR, execute, notebooks, plots, render, title
 from .offline_math import install_mathjax
 from .report_bench import bench_section
+from .report_docs import doc_link, render_docs
 from .scenes import SceneSet
 from .viz import plot_detections, png_base64
 
@@ -42,6 +43,7 @@ have stopped this build.</p>
 <th class="text">how the minutes were found</th></tr>
 {path_rows}
 <tr><th colspan="3">in all</th><th>{total_minutes:.0f}</th><th></th></tr></table>
+{docs}
 <h2>Benchmark</h2>
 {bench}
 <h2>The full-precision detector</h2>
@@ -55,10 +57,10 @@ have stopped this build.</p>
 
 
 def render_notebooks(
-    out_dir: Path, fast: bool, seed: int = 0, folder: Path = NOTEBOOKS_DIR
+    out_dir: Path, fast: bool, seed: int = 0, folder: Path = NOTEBOOKS_DIR, docs: list[Path] = ()
 ) -> list[tuple[Path, float]]:
-    """Execute every notebook (``INTERACTIVE=False``) and render it with MathJax copied into ``out_dir``;
-    (html path, seconds it took to run) each.
+    """Execute every notebook (``INTERACTIVE=False``) and render it with MathJax copied into ``out_dir``, its
+    navigation linking the pages ``docs`` too; (html path, seconds it took to run) each.
 
     One line on stderr as each notebook starts. A failing cell, or a page without figures from a notebook
     that plots, raises ``NotebookError`` naming the notebook.
@@ -72,14 +74,15 @@ def render_notebooks(
         started = time.monotonic()
         execute(path, executed, fast=fast, seed=seed)
         seconds = time.monotonic() - started
-        nav = navigation(found, i - 1)
+        nav = navigation(found, i - 1, docs)
         page = render(executed, out_dir / f"{path.stem}.html", plots(path), mathjax_url, nav)
         pages.append((page, seconds))
     return pages
 
 
-def navigation(found: list[Path], i: int) -> str:
-    """Links from the page of notebook ``found[i]`` to the index and to the notebooks before and after it."""
+def navigation(found: list[Path], i: int, docs: list[Path] = ()) -> str:
+    """Links from the page of notebook ``found[i]`` to the index, to the notebooks before and after it and to the
+    rendered documents ``docs`` (``report_docs``)."""
     import nbformat
 
     def link(path: Path, label: str) -> str:
@@ -91,7 +94,18 @@ def navigation(found: list[Path], i: int) -> str:
         links.append(link(found[i - 1], "&larr; previous:"))
     if i + 1 < len(found):
         links.append(link(found[i + 1], "next:"))
+    links += [doc_link(page) for page in docs]
     return f'<nav style="margin: 1rem 0; font-family: system-ui, sans-serif">{" &middot; ".join(links)}</nav>'
+
+
+def _docs_paragraph(docs: list[Path]) -> str:
+    """The index's pointer to the rendered README and PAPER.md, which the notebooks cite."""
+    if not docs:
+        return ""
+    links = " and ".join(doc_link(page) for page in docs)
+    return (f"<p>The notebooks cite two documents, here as pages: {links} (README.md: the commands, the benchmark's "
+            "status, the decisions and their evidence; PAPER.md: the method and the paper's numbers in our words, "
+            "and where the paper is silent).</p>")  # fmt: skip
 
 
 def _path_row(number: int, page: Path, entry: Step) -> str:
@@ -115,7 +129,8 @@ def build_report(
     """Run and render the notebooks in ``folder``, evaluate the shipped detector and write ``out_dir/index.html``
     (with the benchmark results at ``bench``, default ``data/results/bench.json``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    pages = render_notebooks(out_dir, fast, folder=folder)
+    docs = render_docs(out_dir)
+    pages = render_notebooks(out_dir, fast, folder=folder, docs=docs)
     path = [step(notebook, seconds) for notebook, (_, seconds) in zip(notebooks(folder), pages)]
     model, _ = load_checkpoint(name)
     card = json.loads(card_path(CHECKPOINTS[name]).read_text())
@@ -131,6 +146,7 @@ def build_report(
         run_note=" (FAST settings: with the full ones a notebook runs longer)" if fast else "",
         path_rows="\n".join(_path_row(i, p, e) for i, ((p, _), e) in enumerate(zip(pages, path), 1)),
         total_minutes=sum(e.minutes for e in path),
+        docs=_docs_paragraph(docs),
         bench=bench_section(bench),
         model=html.escape(name),
         parameters=card["parameters"],

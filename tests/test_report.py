@@ -17,6 +17,7 @@ from regptq_lite.notebooks_io import fold_answers, merge_parameters, notebooks, 
 from regptq_lite.offline_math import FOLDER, is_mathjax_copy
 from regptq_lite.provenance import code_fingerprint
 from regptq_lite.report_bench import bench_section, is_current
+from regptq_lite.report_docs import render_docs
 
 LOADED_FROM_NETWORK = re.compile(r'<(?:script|img)[^>]* src="(?:https?:)?//|<link[^>]* href="(?:https?:)?//')
 STRAY_REPR = re.compile(r" at 0x[0-9a-f]+|&lt;Figure size \d|&lt;Axes: |&lt;matplotlib\.")
@@ -174,3 +175,19 @@ def test_each_page_is_titled_by_its_notebook_and_links_to_the_index_and_its_neig
                 assert f'<a href="{found[j].stem}.html">' in page
         assert ("previous:" in page) == (i > 0)  # the first page has no previous link
         assert (">next:" in page) == (i + 1 < len(found))  # the last page has no next link
+
+
+def test_the_readme_and_paper_are_pages_of_the_report_linked_from_the_index_and_every_notebook(fast_report):
+    readme, paper = (fast_report / "readme.html").read_text(), (fast_report / "paper.html").read_text()
+    assert 'id="Decisions-and-their-evidence"' in readme and "<table>" in readme  # linkable sections, tables
+    assert "<title>regptq-workbook</title>" in readme and "<h1" in paper
+    assert '<a href="readme.html">README.md</a>' in (fast_report / "index.html").read_text()
+    for page in _pages(fast_report).values():
+        assert '<a href="readme.html">README.md</a>' in page and '<a href="paper.html">PAPER.md</a>' in page
+
+
+def test_a_missing_document_is_left_out(tmp_path):
+    (tmp_path / "README.md").write_text("# A title\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    (tmp_path / "out").mkdir()
+    [page] = render_docs(tmp_path / "out", repo=tmp_path)  # no PAPER.md here
+    assert page.name == "readme.html" and "<title>A title</title>" in page.read_text()
