@@ -161,7 +161,8 @@ def part_quantization(qmodel: nn.Module, scenes: SceneSet) -> list[dict]:
 
 def llaq_drift(qmodel: nn.Module) -> list[dict]:
     """Per LLAQ layer and side of a calibrated model: channel means of k and a at MSE init and after
-    calibration, and the mean shift of m in channel spreads (weight standard deviations)."""
+    calibration, how far a moved per channel (mean |shift| in codes: channels that move in opposite directions
+    leave the channel mean where it was), and the mean shift of m in channel spreads (weight standard deviations)."""
     rows = []
     for name, layer in quant_layers(qmodel):
         learned = llaq_of(layer.wq)
@@ -178,6 +179,7 @@ def llaq_drift(qmodel: nn.Module) -> list[dict]:
                     "side": side,
                     **{f"{p}_init": getattr(fresh, f"{p}_{side}").mean().item() for p in ("k", "a")},
                     **{f"{p}_learned": getattr(learned, f"{p}_{side}").mean().item() for p in ("k", "a")},
+                    "a_moved": (getattr(learned, f"a_{side}") - getattr(fresh, f"a_{side}")).abs().mean().item(),
                     "m_shift": ((learned.m - fresh.m).abs() / spread).mean().item(),
                 }
             )

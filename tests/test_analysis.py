@@ -60,3 +60,18 @@ def test_part_quantization_splits_the_detector(fp_model):
     assert rows[0]["AP"] == evaluate(fp_model, scenes)["AP"]  # nothing quantized: the float detector
     assert rows[-1]["AP"] == evaluate(qmodel, scenes)["AP"]  # quantization is back on afterwards
     assert rows[-1]["AP"] < rows[0]["AP"]
+
+
+def test_llaq_drift_sees_channels_that_move_apart(fp_model):
+    from regptq_lite.llaq import llaq_of
+    from regptq_lite.qmodel import quant_layers, quantize_detector
+
+    qmodel = quantize_detector(fp_model, 2, 4, head_weight_kind="llaq")
+    name, layer = next((n, q) for n, q in quant_layers(qmodel) if llaq_of(q.wq) is not None)
+    grid = llaq_of(layer.wq)
+    grid.init(layer.layer.weight.detach())
+    with torch.no_grad():  # channels alternately one code up and one down: their mean stays put
+        grid.a_pos += torch.tensor([1.0, -1.0]).repeat(grid.a_pos.numel() // 2).reshape(grid.a_pos.shape)
+    row = next(r for r in analysis.llaq_drift(qmodel) if r["layer"] == name and r["side"] == "pos")
+    assert row["a_learned"] == pytest.approx(row["a_init"], abs=1e-5)
+    assert row["a_moved"] == pytest.approx(1.0, abs=1e-5)
