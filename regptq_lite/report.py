@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from .atomic import write_atomic
+from .bench import RESULTS_DIR, result_name
 from .coco_eval import evaluate, predict
 from .detectors import CHECKPOINTS, card_path, load_checkpoint
 from .learning_path import MINUTES_PER_EXERCISE, WORDS_PER_MINUTE, Step, step
@@ -44,8 +45,10 @@ have stopped this build.</p>
 {path_rows}
 <tr><th colspan="3">in all</th><th>{total_minutes:.0f}</th><th></th></tr></table>
 {docs}
-<h2>Benchmark</h2>
+<h2>Benchmark: the tiny RetinaNet</h2>
 {bench}
+<h2>Benchmark: the tiny Faster R-CNN</h2>
+{bench_two_stage}
 <h2>The full-precision detector</h2>
 <p>{model}: {parameters:,} parameters, trained from scratch by <code>{command}</code>
 (seed {seed}, {iters} iterations of {batch_size} scenes, {train_minutes:.1f} min on {threads} CPU threads).</p>
@@ -125,9 +128,11 @@ def build_report(
     name: str = "tiny_retinanet",
     bench: Path | None = None,
     folder: Path = NOTEBOOKS_DIR,
+    bench_two_stage: Path | None = None,
 ) -> Path:
     """Run and render the notebooks in ``folder``, evaluate the shipped detector and write ``out_dir/index.html``
-    (with the benchmark results at ``bench``, default ``data/results/bench.json``)."""
+    (with the benchmark results at ``bench``, default ``data/results/bench.json``, and the tiny Faster R-CNN's at
+    ``bench_two_stage``, default ``data/results/bench_tiny_fasterrcnn.json``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     docs = render_docs(out_dir)
     pages = render_notebooks(out_dir, fast, folder=folder, docs=docs)
@@ -148,6 +153,7 @@ def build_report(
         total_minutes=sum(e.minutes for e in path),
         docs=_docs_paragraph(docs),
         bench=bench_section(bench),
+        bench_two_stage=bench_section(bench_two_stage or RESULTS_DIR / result_name("tiny_fasterrcnn")),
         model=html.escape(name),
         parameters=card["parameters"],
         command=html.escape(card["command"]),

@@ -10,7 +10,7 @@ import html
 from collections.abc import Iterable
 from pathlib import Path
 
-from .bench import RESULTS_DIR, load, result_name
+from .bench import DEFAULT_MODEL, RESULTS_DIR, load, result_name
 from .bench_tables import budget_curve, completion, leads, methods_table
 from .provenance import code_fingerprint
 from .recon import ReconSettings
@@ -36,8 +36,14 @@ def _table(frame, **options) -> str:
     return frame.to_html(border=0, na_rep="-", **options)
 
 
-# The paper's RetinaNet-R50 on COCO, full quantization (PAPER.md section 6): Reg-PTQ's lead over QDrop, in AP
-PAPER_LEADS = {"W2A4": 23.9 - 19.9, "W3A3": 28.1 - 26.5, "W4A4": 36.7 - 34.1}
+# The paper's Table 1 (PAPER.md section 6; COCO, full quantization): per tiny detector, the paper's detector of
+# that kind and Reg-PTQ's lead over QDrop there, in AP
+PAPER_LEADS = {
+    "tiny_retinanet": ("RetinaNet-R50", {"W2A4": 23.9 - 19.9, "W3A3": 28.1 - 26.5, "W4A4": 36.7 - 34.1,
+                                          "W4A8": 37.4 - 37.0}),
+    "tiny_fasterrcnn": ("Faster R-CNN-R50", {"W2A4": 19.1 - 17.8, "W3A3": 28.1 - 23.6, "W4A4": 36.7 - 33.7,
+                                             "W4A8": 37.8 - 37.6}),
+}  # fmt: skip
 VERDICT_LEGEND = (
     "mean: the row's mean AP over seeds; best baseline: the other method with the highest mean at that setting, "
     "baseline its mean; gap: mean - baseline; spread: the larger of the two rows' max - min over seeds. A gap is a "
@@ -55,18 +61,21 @@ def _values(found: Iterable[float | None]) -> str:
     return " and ".join(f"{v:g}" for v in sorted({v for v in found if v is not None})) or "?"
 
 
-def _headline(verdicts) -> str:
-    """Reg-PTQ's own row against the best baseline, by verdict, beside the paper's leads."""
+def _headline(verdicts, model: str) -> str:
+    """Reg-PTQ's own row against the best baseline, by verdict, beside the paper's leads on its kind of detector."""
     mine = verdicts[verdicts.row == "regptq"]
     said = [f"{v} at {', '.join(group.setting)}" for v, group in mine.groupby("verdict", sort=False)]
-    paper = ", ".join(f"+{lead:.1f} at {setting}" for setting, lead in PAPER_LEADS.items())
-    return (f"Reg-PTQ against the best baseline: {'; '.join(said) or 'no setting yet'}. The paper, on COCO "
-            f"(RetinaNet-R50): ahead of QDrop by {paper}.")  # fmt: skip
+    line = f"Reg-PTQ against the best baseline: {'; '.join(said) or 'no setting yet'}."
+    if model not in PAPER_LEADS:
+        return line
+    detector, paper = PAPER_LEADS[model]
+    leads_there = ", ".join(f"+{lead:.1f} at {setting}" for setting, lead in paper.items())
+    return f"{line} The paper, on COCO ({detector}): ahead of QDrop by {leads_there}."
 
 
 def bench_html(result: dict) -> str:
     """The section's HTML for results in the current format."""
-    runs = result["runs"]
+    runs, model = result["runs"], result.get("model", DEFAULT_MODEL)
     fp = next((r["fp_AP"] for r in runs if r.get("fp_AP") is not None), None)
     done, planned = completion(result)
     commits, codes = len({r.get("commit") for r in runs}), len({r.get("code") for r in runs})
@@ -101,13 +110,15 @@ def bench_html(result: dict) -> str:
     if verdicts.empty:
         parts.append(_note("No setting has both Reg-PTQ and a baseline."))
     else:
-        parts += [f"<p><strong>{html.escape(_headline(verdicts))}</strong></p>",
+        parts += [f"<p><strong>{html.escape(_headline(verdicts, model))}</strong></p>",
                   _table(verdicts, index=False, float_format="{:.2f}".format), _note(VERDICT_LEGEND)]  # fmt: skip
-    parts.append("<h3>Budget curve</h3>")
     curve = budget_curve(result)
     if curve.empty:
-        parts.append(_note("These results hold no budget curve."))
+        parts.append(_note("These results hold no budget curve" + (
+            "." if model == DEFAULT_MODEL else f"; their budget is the one the {DEFAULT_MODEL} bench's curve fixed."
+        )))  # fmt: skip
     else:
+        parts.append("<h3>Budget curve</h3>")
         curve_step = _values(r.get("settings", {}).get("weight_lr") for r in runs if r.get("table") == "budget")
         parts.append(_note(
             f"Seed 0, AdaRound's step {curve_step}: the curve chose the number of "

@@ -130,6 +130,15 @@ def test_the_index_section_shows_the_headline_table_verdicts_and_budget_curve(tm
     assert "a new bench may give other numbers" not in bench_section(path)
 
 
+def test_the_two_stage_section_sets_reg_ptq_beside_the_papers_faster_rcnn_and_borrows_the_budget(tmp_path):
+    path = tmp_path / "bench_tiny_fasterrcnn.json"
+    runs = [r for r in _bench_result()["runs"] if r["table"] == "methods"]
+    path.write_text(json.dumps({**_result(runs), "model": "tiny_fasterrcnn"}))
+    section = bench_section(path)
+    assert "The paper, on COCO (Faster R-CNN-R50): ahead of QDrop by +1.3 at W2A4, +4.5 at W3A3" in section
+    assert "their budget is the one the tiny_retinanet bench" in section and "data:image/png" not in section
+
+
 @pytest.mark.parametrize(
     "content, needle",
     [
