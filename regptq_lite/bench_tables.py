@@ -7,6 +7,7 @@ have three seeds; otherwise it is "within the seed spread" or "not enough seeds"
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 
@@ -188,17 +189,19 @@ def step_size_table(result: dict) -> pd.DataFrame:
 
 
 def step_size_distance(steps: pd.DataFrame) -> pd.DataFrame:
-    """Is the budget a distance? From ``step_size_table``: per method, the AP that 4x the steps adds at one
-    lr x iterations (a column per product run at both 500 and 2000 steps), beside the AP that 500 steps gain from the
-    smallest to the largest product ("500 steps, across products")."""
+    """Is the budget a distance? From ``step_size_table``: per method, like for like, the AP that 4x the steps adds
+    at one lr x iterations p ("4x the steps at p", where p ran at both 500 and 2000 steps), beside the AP that 4x the
+    learning rate adds at 500 steps from the same p ("4x the step from p", where 4p ran at 500 steps too)."""
     if steps.empty:
         return pd.DataFrame()
     ap = steps["AP"].reset_index()
     at500 = ap[ap["iters"] == 500].set_index("lr x iters").drop(columns=["iters", "lr"]).sort_index()
     at2000 = ap[ap["iters"] == 2000].set_index("lr x iters").drop(columns=["iters", "lr"])
-    both = at2000.index.intersection(at500.index)
-    table = {f"2000 - 500 steps at {p:g}": at2000.loc[p] - at500.loc[p] for p in both}
-    table["500 steps, across products"] = at500.iloc[-1] - at500.iloc[0]
+    table = {f"4x the steps at {p:g}": at2000.loc[p] - at500.loc[p] for p in at2000.index.intersection(at500.index)}
+    for p in at500.index:
+        wider = [q for q in at500.index if math.isclose(q, 4 * p)]
+        if wider:
+            table[f"4x the step from {p:g}"] = at500.loc[wider[0]] - at500.loc[p]
     return pd.DataFrame(table).rename_axis(index="method")
 
 

@@ -259,15 +259,16 @@ def test_step_sizes_beside_the_curve_at_the_same_iterations():
     assert table[("AP", "brecq")].tolist() == [55.0, 60.0] and table[("undecided", "brecq")].iloc[0] == 0.4
 
 
-def test_step_size_distance_sets_one_product_beside_the_range_of_products():
+def test_step_size_distance_sets_4x_the_steps_beside_4x_the_step_from_the_same_product():
     def run(iters, lr, ap):
         return _run("step size", f"brecq {iters} x {lr:g}", 2, 4, 0, ap, iters=iters, method="brecq",
                     settings={"weight_lr": lr}, units=[{"undecided": 0.5}])  # fmt: skip
 
-    runs = [run(500, 1e-3, 50.0), run(500, 4e-3, 58.0), run(2000, 1e-3, 59.0), run(500, 4e-2, 62.0)]
+    runs = [run(500, 1e-3, 50.0), run(500, 4e-3, 58.0), run(2000, 1e-3, 59.0), run(500, 1.6e-2, 60.0)]
+    runs.append(run(500, 4e-2, 62.0))  # product 20: no 4x of it ran, so no column starts there
     distance = step_size_distance(step_size_table(_result(runs)))
-    assert distance.columns.tolist() == ["2000 - 500 steps at 2", "500 steps, across products"]
-    assert distance.loc["brecq"].tolist() == [1.0, 12.0]
+    assert distance.columns.tolist() == ["4x the steps at 2", "4x the step from 0.5", "4x the step from 2"]
+    assert distance.loc["brecq"].tolist() == pytest.approx([1.0, 8.0, 2.0])
     assert step_size_distance(step_size_table(_result([]))).empty
 
 
