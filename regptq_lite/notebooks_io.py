@@ -124,12 +124,20 @@ def title(nb: NotebookNode, default: str) -> str:
     return next((line[2:].strip() for line in lines if line.startswith("# ")), default)
 
 
-def render(executed: Path, out: Path, figures: bool = False, mathjax_url: str | None = None, nav: str = "") -> Path:
+def render(
+    executed: Path,
+    out: Path,
+    figures: bool = False,
+    mathjax_url: str | None = None,
+    nav: str = "",
+    links: dict[str, str] | None = None,
+) -> Path:
     """HTML of an executed notebook (no re-execution) with one parameters cell (``merge_parameters``), titled by
     its first heading; figures stay embedded PNG images. With ``mathjax_url`` (a copy of MathJax beside the page)
     the page loads nothing from the network: MathJax from there, and not the require.js that nbconvert's page
     takes from a CDN (only embedded widget state needs it, and our notebooks store none); ``nav`` (HTML) then
-    goes above and below the notebook.
+    goes above and below the notebook. ``links`` maps a link target in the notebooks (``../README.md``) to the page
+    beside this one that stands for it (``readme.html``), keeping any ``#section``.
 
     With ``figures``, a page without a single image is a ``NotebookError`` and is not written.
     """
@@ -142,6 +150,8 @@ def render(executed: Path, out: Path, figures: bool = False, mathjax_url: str | 
     nb = fold_answers(merge_parameters(nbformat.read(executed, as_version=4)))
     nb.metadata["title"] = title(nb, executed.stem)
     body, _ = exporter.from_notebook_node(nb, resources={"nav": nav})
+    for target, page in (links or {}).items():
+        body = body.replace(f'href="{target}', f'href="{page}')
     if figures and "<img" not in body:
         raise NotebookError(f"notebook {executed.name} plots, but its page holds no figure")
     return write_atomic(out, lambda tmp: tmp.write_text(body, encoding="utf-8"))

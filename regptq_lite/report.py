@@ -18,7 +18,7 @@ from .learning_path import MINUTES_PER_EXERCISE, WORDS_PER_MINUTE, Step, step
 from .notebooks_io import NOTEBOOKS_DIR, execute, notebooks, plots, render, title
 from .offline_math import install_mathjax
 from .report_bench import bench_section
-from .report_docs import doc_link, render_docs
+from .report_docs import DOCS, doc_link, render_docs
 from .scenes import SceneSet
 from .viz import plot_detections, png_base64
 
@@ -63,13 +63,16 @@ def render_notebooks(
     out_dir: Path, fast: bool, seed: int = 0, folder: Path = NOTEBOOKS_DIR, docs: list[Path] = ()
 ) -> list[tuple[Path, float]]:
     """Execute every notebook (``INTERACTIVE=False``) and render it with MathJax copied into ``out_dir``, its
-    navigation linking the pages ``docs`` too; (html path, seconds it took to run) each.
+    navigation and its links to README.md and PAPER.md leading to the pages ``docs``; (html path, seconds it took
+    to run) each.
 
     One line on stderr as each notebook starts. A failing cell, or a page without figures from a notebook
     that plots, raises ``NotebookError`` naming the notebook.
     """
     found = notebooks(folder)
     mathjax_url = install_mathjax(out_dir)
+    written = {doc.name for doc in docs}
+    links = {f"../{source}": name for source, name in DOCS.items() if name in written}  # a notebook's link to a doc
     pages = []
     for i, path in enumerate(found, 1):
         print(f"notebook {i}/{len(found)}: {path.stem}", file=sys.stderr, flush=True)
@@ -78,7 +81,7 @@ def render_notebooks(
         execute(path, executed, fast=fast, seed=seed)
         seconds = time.monotonic() - started
         nav = navigation(found, i - 1, docs)
-        page = render(executed, out_dir / f"{path.stem}.html", plots(path), mathjax_url, nav)
+        page = render(executed, out_dir / f"{path.stem}.html", plots(path), mathjax_url, nav, links)
         pages.append((page, seconds))
     return pages
 

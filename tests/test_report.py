@@ -191,8 +191,11 @@ def test_the_readme_and_paper_are_pages_of_the_report_linked_from_the_index_and_
     assert 'id="Decisions-and-their-evidence"' in readme and "<table>" in readme  # linkable sections, tables
     assert "<title>regptq-workbook</title>" in readme and "<h1" in paper
     assert '<a href="readme.html">README.md</a>' in (fast_report / "index.html").read_text()
-    for page in _pages(fast_report).values():
+    pages = _pages(fast_report).values()
+    for page in pages:
         assert '<a href="readme.html">README.md</a>' in page and '<a href="paper.html">PAPER.md</a>' in page
+        assert 'href="../README.md' not in page and 'href="../PAPER.md' not in page  # the notebooks' links, redirected
+    assert any('href="readme.html#Decisions-and-their-evidence"' in page for page in pages)
 
 
 def test_a_missing_document_is_left_out(tmp_path):
