@@ -7,11 +7,10 @@ A missing, unreadable or older-format results file gives a one-line note instead
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable
 from pathlib import Path
 
 from .bench import DEFAULT_MODEL, RESULTS_DIR, load, result_name
-from .bench_tables import budget_curve, completion, leads, methods_table
+from .bench_tables import REGPTQ, budget_curve, completion, leads, methods_table
 from .provenance import code_fingerprint
 from .recon import ReconSettings
 from .viz import plot_budget_curve, png_base64
@@ -51,19 +50,16 @@ VERDICT_LEGEND = (
 )
 
 
-def _setting(runs: list[dict], field: str) -> str:
-    """The values that the methods table's runs used for a ``ReconSettings`` field, e.g. "0.01"."""
-    return _values(r.get("settings", {}).get(field) for r in runs if r.get("table") == "methods")
-
-
-def _values(found: Iterable[float | None]) -> str:
-    """The distinct numbers among ``found`` (None left out), as "0.001" or "0.001 and 0.01"; "?" if none."""
-    return " and ".join(f"{v:g}" for v in sorted({v for v in found if v is not None})) or "?"
+def _setting(runs: list[dict], field: str, table: str = "methods") -> str:
+    """The distinct values that ``table``'s runs used for a ``ReconSettings`` field, as "0.01" or "0.001 and
+    0.01"; "?" if none recorded it."""
+    found = {r.get("settings", {}).get(field) for r in runs if r.get("table") == table} - {None}
+    return " and ".join(f"{v:g}" for v in sorted(found)) or "?"
 
 
 def _headline(verdicts, model: str) -> str:
     """Reg-PTQ's own row against the best baseline, by verdict, beside the paper's leads on its kind of detector."""
-    mine = verdicts[verdicts.row == "regptq"]
+    mine = verdicts[verdicts.row == REGPTQ]
     said = [f"{v} at {', '.join(group.setting)}" for v, group in mine.groupby("verdict", sort=False)]
     line = f"Reg-PTQ against the best baseline: {'; '.join(said) or 'no setting yet'}."
     if model not in PAPER_LEADS:
@@ -119,7 +115,7 @@ def bench_html(result: dict) -> str:
         )))  # fmt: skip
     else:
         parts.append("<h3>Budget curve</h3>")
-        curve_step = _values(r.get("settings", {}).get("weight_lr") for r in runs if r.get("table") == "budget")
+        curve_step = _setting(runs, "weight_lr", table="budget")
         parts.append(_note(
             f"Seed 0, AdaRound's step {curve_step}: the curve chose the number of "
             f"iterations; the tables above use the bench's step ({step}), so their AP is not the curve's."
