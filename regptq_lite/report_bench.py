@@ -57,7 +57,7 @@ def _setting(runs: list[dict], field: str, table: str = "methods") -> str:
     return " and ".join(f"{v:g}" for v in sorted(found)) or "?"
 
 
-def _headline(verdicts, model: str) -> str:
+def headline(verdicts, model: str) -> str:
     """Reg-PTQ's own row against the best baseline, by verdict, beside the paper's leads on its kind of detector."""
     mine = verdicts[verdicts.row == REGPTQ]
     said = [f"{v} at {', '.join(group.setting)}" for v, group in mine.groupby("verdict", sort=False)]
@@ -106,7 +106,7 @@ def bench_html(result: dict) -> str:
     if verdicts.empty:
         parts.append(_note("No setting has both Reg-PTQ and a baseline."))
     else:
-        parts += [f"<p><strong>{html.escape(_headline(verdicts, model))}</strong></p>",
+        parts += [f"<p><strong>{html.escape(headline(verdicts, model))}</strong></p>",
                   _table(verdicts, index=False, float_format="{:.2f}".format), _note(VERDICT_LEGEND)]  # fmt: skip
     curve = budget_curve(result)
     if curve.empty:
