@@ -5,7 +5,8 @@
   MSE-optimal INT4 clip);
 - ``head_activation_table``: the same for the inputs of those convs on a batch of scenes;
 - ``branch_noise``: AP when only the box branch or only the class branch gets weight noise,
-  relative to each layer's own weight spread (noise std = sigma x std(w));
+  relative to each layer's own weight spread (noise of size sigma x std(w): a Gaussian's std, a uniform's
+  half-width);
 - ``branch_quantization``: AP when only one branch of the head is quantized (naive, uniform);
 - ``part_quantization``: where a calibrated detector loses its AP: each part (backbone, neck, class
   branch, box branch) quantized alone, and everything but that part quantized.
@@ -71,7 +72,8 @@ def head_activation_table(model: nn.Module, images: list[torch.Tensor]) -> list[
 
 
 def perturbed(model: nn.Module, branch: str, sigma: float, kind: str, seed: int) -> nn.Module:
-    """A copy of ``model`` whose ``branch`` convs (tower and prediction layer) get noise of std-relative size."""
+    """A copy of ``model`` whose ``branch`` convs (tower and prediction layer) get noise of size ``sigma`` x the
+    conv's weight std (``toy.noise``: a Gaussian's std, a uniform's half-width)."""
     if branch not in BRANCHES:
         raise ValueError(f"unknown branch {branch!r}; expected class or box")
     twin = copy.deepcopy(model)

@@ -367,25 +367,25 @@ def plot_calibration_loop(units: list[str], steps: list) -> plt.Figure:
     ``steps`` (functions, shown with their name and the first sentence of their docstring)."""
     fig, ax = plt.subplots(figsize=(11, max(4.0, 0.2 * len(units) + 1)))
     ax.axis("off")
+    top, gap = len(units) - 1.5, (len(units) - 2) / max(1, len(steps) - 1)
+    half = 0.35 * gap
     ax.set_xlim(0, 11)
-    ax.set_ylim(-1, len(units) + 1)
+    ax.set_ylim(min(-1.0, top - (len(steps) - 1) * gap - half - 0.2), len(units) + 1)  # the last step's box whole
     for i, name in enumerate(units):
         y = len(units) - i
         ax.add_patch(Rectangle((0.1, y - 0.4), 3.2, 0.8, color=PART_COLOURS[_part_of(name)], alpha=0.8))
         ax.text(0.2, y, f"{i + 1:2d} {name}", va="center", fontsize=6.5, family="monospace")
-    top, gap = len(units) - 1.5, (len(units) - 2) / max(1, len(steps) - 1)
-    half = 0.35 * gap
     for j, fn in enumerate(steps):
         y = top - j * gap
         doc = " ".join((fn.__doc__ or "").split("\n\n")[0].split()).split(". ")[0].replace("``", "")
         ax.add_patch(Rectangle((4.3, y - half), 6.5, 2 * half, fill=False, ec="#555555"))
         ax.text(4.45, y + half * 0.55, f"{j + 1}. {fn.__name__}", fontsize=9, weight="bold", va="center")
-        ax.text(4.45, y - half * 0.3, textwrap.fill(textwrap.shorten(doc, 200), 105), fontsize=6.5, va="center")
+        ax.text(4.45, y - half * 0.3, textwrap.fill(textwrap.shorten(doc, 260), 92), fontsize=6.5, va="center")
         if j:
             ax.annotate("", (7.5, y + half), (7.5, y + gap - half), arrowprops={"arrowstyle": "->"})
     ax.annotate("for each\nunit, in\norder", (4.2, top), (3.45, len(units) / 2 + 1), fontsize=7,
                 arrowprops={"arrowstyle": "->", "connectionstyle": "arc3,rad=-0.2"})  # fmt: skip
-    ax.annotate("next\nunit", (3.45, len(units) / 2 - 1), (4.2, top - (len(steps) - 1) * gap - half), fontsize=7,
+    ax.annotate("next\nunit", (3.45, len(units) / 2 - 1), (3.85, top - (len(steps) - 1) * gap - half), fontsize=7,
                 arrowprops={"arrowstyle": "->", "connectionstyle": "arc3,rad=-0.2"})  # fmt: skip
     ax.set_title("Calibration, unit by unit (Reg-PTQ's Algorithm 1, as regptq_lite.recon.reconstruct runs it)")
     return fig
