@@ -47,6 +47,13 @@ def _integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def _non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _seed(text: str) -> int:
     value = _integer(text)
     if not 0 <= value < 2**32:
@@ -389,7 +396,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--wbits", type=_bits, required=True, help="weight bits (2-16)")
     p.add_argument("--abits", type=_bits, required=True, help="activation bits (2-16)")
     p.add_argument(
-        "--iters", type=_integer, default=None, help="steps per unit (default: the bench budget; naive ignores it)"
+        "--iters",
+        type=_non_negative_int,
+        default=None,
+        help="steps per unit (default: the bench budget; naive ignores it)",
     )
     p.add_argument("--calib-images", type=_integer, default=None, help="calibration images (default 128, as the bench)")
     p.add_argument(

@@ -100,6 +100,9 @@ def test_the_entry_point_reports_bad_input_in_one_line(args, needle):
         (("bench", "--seeds", "0", "3"), "seed(s) 3 not in the bench; expected some of 0, 1, 2"),
         (("bench", "--seeds", "x"), "argument --seeds: expected an integer"),
         (("bench", "--methods", "naive", "--rows", "brecq"), "no run of the tiny_retinanet bench matches"),
+        (("bench", "--methods", "magic"), "unknown method(s) magic; expected some of naive, "),
+        (("eval", "--max-images", "0"), "--val-images / --max-images must be at least 1, got 0"),
+        (("eval", "--max-images", "501"), "--val-images / --max-images must be in 1..500, got 501"),
         (("bench", "--fast", "--rows", "regptq", "--seeds", "1"), "no run of the tiny_retinanet bench --fast matches"),
     ],
 )
@@ -148,6 +151,12 @@ CALIB = ("calibrate", "--method", "naive")
         ((*CALIB, "--wbits", "4", "--abits", "4", "--theta-i", "x"), "argument --theta-i: expected a number in [0, 1]"),
         ((*CALIB, "--wbits", "4.5", "--abits", "4"), "expected an integer"),
         ((*CALIB, "--wbits", "4", "--abits", "4", "--calib-images", "0"), "calibration set is empty"),
+        ((*CALIB, "--wbits", "4", "--abits", "4", "--calib-images", "300"), "exceeds the 256 calibration scenes"),
+        ((*CALIB, "--wbits", "4", "--abits", "4", "--val-images", "0"), "must be at least 1, got 0"),
+        (
+            (*CALIB, "--wbits", "4", "--abits", "4", "--iters", "-1"),
+            "argument --iters: expected an integer >= 0, got -1",
+        ),
         ((*CALIB, "--wbits", "4", "--abits", "4", "--checkpoint", "nope.pt"), "checkpoint not found"),
         ((*CALIB, "--wbits", "4", "--abits", "4", "--save", "no/such/dir/q.pt"), "output folder does not exist"),
         ((*CALIB, "--wbits", "4"), "required"),

@@ -41,6 +41,7 @@ def test_gradients_reach_every_learnable_parameter(fp_model, calib, method):
         loss = teacher.loss(qmodel, calib[:2], slice(0, 2))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         assert all(g is not None for g in grads), name
+        assert any(g.abs().sum() > 0 for g in grads), f"{name}: the global loss does not move any of its parameters"
         if name.startswith("head."):
             break  # one head unit is enough: the rest repeat it
     kinds = {type(layer.wq) for _, layer in quant_layers(qmodel) if layer.wq is not None}
