@@ -7,26 +7,13 @@ import subprocess
 import sys
 
 import pytest
+from cli_run import assert_clean_error, run_in_process
 
 import regptq_lite.methods  # noqa: F401  (binds coco_eval.evaluate at import: import it before a test patches that)
-from regptq_lite.cli import main
 
 
 def run(*args):
     return subprocess.run([sys.executable, "-m", "regptq_lite", *args], capture_output=True, text=True, timeout=600)
-
-
-def run_in_process(capsys, *args):
-    code = main([str(a) for a in args])
-    return subprocess.CompletedProcess(args, code, *capsys.readouterr())
-
-
-def assert_clean_error(result, needle):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert needle in lines[0]
 
 
 def test_eval_text_says_when_pycocotools_has_no_ap(capsys, monkeypatch):

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_run import assert_clean_error, run_in_process
 from PIL import Image
 
-from regptq_lite.cli import main
 from regptq_lite.coco_eval import evaluate, to_coco_detections
 from regptq_lite.coco_folder import ANNOTATIONS, COCO_LABELS, IMAGES, CocoFolder, category_map
 from regptq_lite.detectors import CheckpointError, load_checkpoint, set_image_size
@@ -154,12 +154,6 @@ def test_torchvision_weights_must_fit(tmp_path):
         load_checkpoint("retinanet_resnet50_fpn")
 
 
-def _run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -172,9 +166,7 @@ def _run(capsys, *argv):
     ],
 )  # fmt: skip
 def test_cli_real_path_errors_are_one_line(capsys, coco_root, argv, message):
-    code, _, err = _run(capsys, *(a.format(root=coco_root) for a in argv))
-    assert code == 2
-    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert_clean_error(run_in_process(capsys, *(a.format(root=coco_root) for a in argv)), message)
 
 
 @pytest.mark.parametrize("command", [["eval"], ["calibrate", "--method", "brecq", "--wbits", "4", "--abits", "4"]])
@@ -186,27 +178,25 @@ def test_a_bad_folder_fails_before_the_detector_is_built(capsys, monkeypatch, co
         raise AssertionError("the detector was built before the folder was checked")
 
     monkeypatch.setattr(methods, "load_checkpoint", built)
-    code, _, err = _run(capsys, *command, "--model", "retinanet_resnet50_fpn", "--weights", "random",
-                        "--coco-root", "/nowhere")  # fmt: skip
-    assert code == 2
-    assert err.count("\n") == 1 and "COCO folder not found" in err
+    result = run_in_process(capsys, *command, "--model", "retinanet_resnet50_fpn", "--weights", "random",
+                            "--coco-root", "/nowhere")  # fmt: skip
+    assert_clean_error(result, "COCO folder not found")
 
 
 def test_a_damaged_image_is_a_one_line_error(capsys, tmp_path):
     root = write_coco_folder(tmp_path / "coco", count=2)
     for image in (root / IMAGES).iterdir():
         image.write_bytes(b"not an image")
-    code, _, err = _run(
+    result = run_in_process(
         capsys, "eval", "--model", "retinanet_resnet50_fpn", "--weights", "random", "--coco-root", root,
         "--image-size", 64, "--device", "cpu", "--max-images", 1,
     )  # fmt: skip
-    assert code == 2
-    assert err.count("\n") == 1 and "cannot identify image file" in err and "Traceback" not in err
+    assert_clean_error(result, "cannot identify image file")
 
 
 @pytest.mark.parametrize("model", ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2"])
 def test_real_path_eval(capsys, coco_root, model):
-    code, out, err = _run(
+    code, out, err = run_in_process(
         capsys, "eval", "--model", model, "--weights", "random", "--coco-root", coco_root,
         "--image-size", 64, "--device", "cpu", "--max-images", 2, "--json",
     )  # fmt: skip
@@ -218,7 +208,7 @@ def test_real_path_eval(capsys, coco_root, model):
 def test_real_path_calibration_smoke_run(capsys, coco_root):
     """torchvision's RetinaNet with random weights, fully quantized with Reg-PTQ on a COCO folder (the
     costly part is the weight observers' search on 25 M weights; the other models share this path)."""
-    code, out, err = _run(
+    code, out, err = run_in_process(
         capsys, "calibrate", "--model", "retinanet_resnet50_fpn", "--weights", "random", "--coco-root", coco_root,
         "--image-size", 64, "--device", "cpu", "--method", "regptq", "--wbits", 4, "--abits", 4,
         "--iters", 2, "--calib-images", 2, "--max-images", 2, "--json",

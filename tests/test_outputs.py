@@ -11,6 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+from cli_run import assert_clean_error, run_in_process
 
 from regptq_lite.cli import main
 from regptq_lite.detectors import CHECKPOINTS, DATA_DIR
@@ -92,14 +93,12 @@ def test_a_bad_output_path_is_one_line_and_exit_2(writer, bad, tmp_path, capsys,
     args, leaf = WRITERS[writer]
     path = BAD_PATHS[bad](tmp_path, leaf)
     try:
-        code = main([*args, str(path)])
+        result = run_in_process(capsys, *args, path)
     finally:
         for folder in tmp_path.glob("read_only"):
             folder.chmod(0o755)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1, err
-    assert err.startswith("regptq_lite: error: ") and "Traceback" not in err
+    assert_clean_error(result, "regptq_lite: error: ")
+    assert result.stderr.startswith("regptq_lite: error: ")
     assert not list(tmp_path.rglob("*.tmp"))
 
 
