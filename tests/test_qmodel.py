@@ -6,7 +6,7 @@ import torchvision
 from torch import nn
 
 from regptq_lite.bn_fold import fold_batchnorm
-from regptq_lite.detectors import build_model
+from regptq_lite.detectors import TORCHVISION_DETECTORS, build_model
 from regptq_lite.export import code_dtype, export_integer, integer_conv, save_integer
 from regptq_lite.observe import init_quantizers
 from regptq_lite.qmodel import (
@@ -177,9 +177,6 @@ def test_exported_codes_keep_their_values_at_every_bit_width(images, wbits):
         assert torch.equal(stored.long(), codes), name
         assert stored.dtype == code_dtype(wbits, signed=form[name]["kind"] == "llaq"), name
     assert code_dtype(16, signed=False) == torch.int32 and code_dtype(9, signed=True) == torch.int16
-
-
-TORCHVISION_DETECTORS = ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "fasterrcnn_resnet50_fpn"]
 
 
 @pytest.mark.parametrize("name", TORCHVISION_DETECTORS)
