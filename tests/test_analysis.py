@@ -36,10 +36,11 @@ def test_unknown_branch_is_rejected(fp_model):
 
 
 def test_branch_noise_rows(fp_model):
-    result = analysis.branch_noise(fp_model, sigmas=(0.0, 0.5), images=4)
+    result = analysis.branch_noise(fp_model, sigmas=(0.0, 3.0), images=4)
     assert set(result) == {"class", "box"}
     assert result["class"][0] == result["box"][0]  # zero noise: the same model
     assert all(len(row) == 4 for rows in result.values() for row in rows)
+    assert all(rows[1][0] == 3.0 and rows[1][1] < rows[0][1] for rows in result.values())  # noise 3x std costs AP
 
 
 def test_part_quantization_splits_the_detector(fp_model):

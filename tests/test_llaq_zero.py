@@ -33,6 +33,11 @@ def test_zero_code_leaves_the_lower_side_as_plain_llaq():
 
 
 def test_zero_code_gap_reports_both_mses():
-    gap = zero_code_gap(weight(10), 3)
-    assert gap["mse_llaq"] > 0 and gap["mse_zero_code"] > 0
+    w = weight(10)
+    gap = zero_code_gap(w, 3)
+    for name, quantizer in (("mse_llaq", LogAffineQuantizer(3)), ("mse_zero_code", ZeroCodeLLAQ(3))):
+        quantizer.init(w)
+        with torch.no_grad():
+            assert gap[name] == pytest.approx((quantizer(w) - w).pow(2).mean().item()), name
+    assert gap["mse_llaq"] > 0 and gap["mse_zero_code"] > 0 and gap["mse_llaq"] != gap["mse_zero_code"]
     assert gap["ratio"] == pytest.approx(gap["mse_zero_code"] / gap["mse_llaq"])
