@@ -452,7 +452,8 @@ def test_two_processes_share_one_bench_and_compute_each_run_once(tmp_path, monke
     for w in workers:
         w.start()
     for w in workers:
-        w.join(timeout=60)
+        w.join(timeout=600)  # a safety limit for a deadlock, far above the second or so this takes
+    assert not any(w.is_alive() for w in workers), "a bench worker still waits after 10 minutes: a deadlock"
     assert len(results) == 2
     assert len(calls) == len(set(calls)) == len({r["key"] for r in results[0]["runs"]})  # each run once
     written = json.loads((tmp_path / "bench.json").read_text())

@@ -47,6 +47,9 @@ def test_given_proposals_are_scored(frcnn, images):
     proposals = [torch.tensor([[10.0, 10.0, 60.0, 50.0], [0.0, 0.0, 127.0, 127.0]]), torch.zeros((0, 4))]
     out = two_stage_forward(frcnn, images[:2], proposals)
     assert len(out.roi_logits) == 2 and out.proposals[0] is proposals[0]
+    swapped = two_stage_forward(frcnn, images[:2], [proposals[0].flip(0), proposals[1]])
+    assert torch.allclose(swapped.roi_logits, out.roi_logits.flip(0), atol=1e-5)  # each score is its box's
+    assert not torch.allclose(out.roi_logits[0], out.roi_logits[1])
 
 
 def test_softmax_global_loss_is_zero_for_equal_heads_and_filters_boxes():
@@ -88,4 +91,5 @@ def test_every_method_calibrates_the_two_stage_detector(frcnn, images, method):
     kinds = {llaq_of(layer.wq) is not None for layer in heads if layer.wq is not None}
     assert kinds == {METHODS[method].head_weight_kind == "llaq"}
     with torch.no_grad():
-        qmodel(images[:1])  # the detector still runs on its own (quantized) proposals
+        detections = qmodel(images[:1])  # the detector still runs on its own (quantized) proposals
+    assert len(detections) == 1 and {"boxes", "scores", "labels"} <= set(detections[0])
