@@ -196,25 +196,25 @@ def test_a_damaged_image_is_a_one_line_error(capsys, tmp_path):
 
 @pytest.mark.parametrize("model", ["retinanet_resnet50_fpn", "fcos_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2"])
 def test_real_path_eval(capsys, coco_root, model):
-    code, out, err = run_in_process(
+    ran = run_in_process(
         capsys, "eval", "--model", model, "--weights", "random", "--coco-root", coco_root,
         "--image-size", 64, "--device", "cpu", "--max-images", 2, "--json",
     )  # fmt: skip
-    assert code == 0, err
-    result = json.loads(out)
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout)
     assert result["images"] == 2 and 0 <= result["AP"] <= 100
 
 
 def test_real_path_calibration_smoke_run(capsys, coco_root):
     """torchvision's RetinaNet with random weights, fully quantized with Reg-PTQ on a COCO folder (the
     costly part is the weight observers' search on 25 M weights; the other models share this path)."""
-    code, out, err = run_in_process(
+    ran = run_in_process(
         capsys, "calibrate", "--model", "retinanet_resnet50_fpn", "--weights", "random", "--coco-root", coco_root,
         "--image-size", 64, "--device", "cpu", "--method", "regptq", "--wbits", 4, "--abits", 4,
         "--iters", 2, "--calib-images", 2, "--max-images", 2, "--json",
     )  # fmt: skip
-    assert code == 0, err
-    result = json.loads(out)
+    assert ran.returncode == 0, ran.stderr
+    result = json.loads(ran.stdout)
     assert result["model"] == "retinanet_resnet50_fpn" and result["val_images"] == 2 and result["image_size"] == 64
     assert 0 <= result["AP"] <= 100 and 0 <= result["fp_AP"] <= 100
     units = [u["unit"] for u in result["units"]]
