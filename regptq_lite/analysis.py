@@ -9,7 +9,8 @@
   half-width);
 - ``branch_quantization``: AP when only one branch of the head is quantized (naive, uniform);
 - ``part_quantization``: where a calibrated detector loses its AP: each part (backbone, neck, class
-  branch, box branch) quantized alone, and everything but that part quantized.
+  branch, box branch) quantized alone, and everything but that part quantized;
+- ``part_costs``: from those rows, the AP each part costs on its own and the AP leaving it float wins back.
 """
 
 from __future__ import annotations
@@ -159,6 +160,18 @@ def part_quantization(qmodel: nn.Module, scenes: SceneSet) -> list[dict]:
     ]
     set_quant(qmodel, weights=True, activations=True)
     return rows
+
+
+def part_costs(rows: list[dict], metric: str = "AP") -> dict[str, dict[str, float]]:
+    """From ``part_quantization`` rows, per part: ``"only"``, the ``metric`` lost when only that part is
+    quantized (against nothing quantized), and ``"all but"``, the ``metric`` won back when only that part is
+    left float (against everything quantized)."""
+    by_case = {(r["part"], r["quantized"]): r[metric] for r in rows}
+    parts = [r["part"] for r in rows if r["quantized"] == "only"]
+    return {
+        "only": {p: by_case[("none", "-")] - by_case[(p, "only")] for p in parts},
+        "all but": {p: by_case[(p, "all but")] - by_case[("all", "-")] for p in parts},
+    }
 
 
 def llaq_drift(qmodel: nn.Module) -> list[dict]:

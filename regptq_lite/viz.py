@@ -12,6 +12,7 @@ import torch
 from matplotlib.patches import Rectangle
 from PIL import Image
 
+from .analysis import part_costs
 from .scenes import CLASSES, Scene
 
 if TYPE_CHECKING:
@@ -265,10 +266,9 @@ def plot_part_loss(rows_by_method: dict[str, list[dict]]) -> plt.Figure:
     methods = list(rows_by_method)
     width = 0.8 / len(methods)
     for i, (method, rows) in enumerate(rows_by_method.items()):
-        by_case = {(r["part"], r["quantized"]): r["AP"] for r in rows}
-        parts = [r["part"] for r in rows if r["quantized"] == "only"]
-        lost = [by_case[("none", "-")] - by_case[(p, "only")] for p in parts]
-        won = [by_case[(p, "all but")] - by_case[("all", "-")] for p in parts]
+        costs = part_costs(rows)
+        parts = list(costs["only"])
+        lost, won = [costs["only"][p] for p in parts], [costs["all but"][p] for p in parts]
         ys = [y + (i - (len(methods) - 1) / 2) * width for y in range(len(parts))]
         axes[0].barh(ys, lost, height=width, label=method)
         axes[1].barh(ys, won, height=width, label=method)

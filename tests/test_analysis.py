@@ -63,6 +63,20 @@ def test_part_quantization_splits_the_detector(fp_model):
     assert rows[-1]["AP"] < rows[0]["AP"]
 
 
+def test_part_costs_measure_each_part_against_its_own_reference():
+    rows = [
+        {"part": "none", "quantized": "-", "AP": 70.0},
+        {"part": "backbone", "quantized": "only", "AP": 50.0},
+        {"part": "box branch", "quantized": "only", "AP": 66.0},
+        {"part": "backbone", "quantized": "all but", "AP": 45.0},
+        {"part": "box branch", "quantized": "all but", "AP": 31.0},
+        {"part": "all", "quantized": "-", "AP": 30.0},
+    ]
+    costs = analysis.part_costs(rows)
+    assert costs["only"] == {"backbone": 20.0, "box branch": 4.0}  # against nothing quantized
+    assert costs["all but"] == {"backbone": 15.0, "box branch": 1.0}  # against everything quantized
+
+
 def test_llaq_drift_sees_channels_that_move_apart(fp_model):
     from regptq_lite.llaq import llaq_of
     from regptq_lite.qmodel import quant_layers, quantize_detector
