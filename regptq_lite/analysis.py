@@ -25,7 +25,7 @@ from .llaq import LogAffineQuantizer, llaq_of
 from .observe import init_quantizers, layer_inputs
 from .qmodel import quant_layers, quantize_detector, set_quant
 from .scenes import SceneSet
-from .toy import excess_kurtosis, fit_laws, mse_clip, noise
+from .toy import distribution_stats, noise
 
 BRANCHES = {"class": "classification_head", "box": "regression_head"}
 
@@ -40,20 +40,10 @@ def branch_of(name: str) -> str:
     return next(branch for branch, prefix in BRANCHES.items() if name.startswith(prefix))
 
 
-def _stats(x: torch.Tensor) -> dict[str, float]:
-    lo, hi = mse_clip(x, 4)
-    return {
-        "kurtosis": excess_kurtosis(x),
-        **fit_laws(x),
-        "clip": [lo, hi],
-        "clipped": float(((x < lo) | (x > hi)).float().mean()),
-    }
-
-
 def head_weight_table(model: nn.Module) -> list[dict]:
     """One row per head conv: name, branch, and the weight statistics."""
     return [
-        {"layer": name, "branch": branch_of(name), **_stats(conv.weight.detach())}
+        {"layer": name, "branch": branch_of(name), **distribution_stats(conv.weight.detach())}
         for name, conv in head_convs(model).items()
     ]
 
@@ -67,7 +57,7 @@ def head_inputs(model: nn.Module, images: list[torch.Tensor], max_values: int = 
 def head_activation_table(model: nn.Module, images: list[torch.Tensor]) -> list[dict]:
     """One row per head conv: name, branch, the share of exact zeros (ReLU) and the input statistics."""
     return [
-        {"layer": name, "branch": branch_of(name), "zeros": float((x == 0).float().mean()), **_stats(x)}
+        {"layer": name, "branch": branch_of(name), "zeros": float((x == 0).float().mean()), **distribution_stats(x)}
         for name, x in head_inputs(model, images).items()
     ]
 

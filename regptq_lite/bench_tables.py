@@ -189,20 +189,23 @@ def step_size_table(result: dict) -> pd.DataFrame:
 
 
 def step_size_distance(steps: pd.DataFrame) -> pd.DataFrame:
-    """Is the budget a distance? From ``step_size_table``: per method, like for like, the AP that 4x the steps adds
-    at one lr x iterations p ("4x the steps at p", where p ran at both 500 and 2000 steps), beside the AP that 4x the
-    learning rate adds at 500 steps from the same p ("4x the step from p", where 4p ran at 500 steps too)."""
+    """Is the budget a distance? From ``step_size_table``: per method and lr x iterations p, like for like, the AP
+    that 4x the steps adds at p ("4x the steps": 2000 steps against 500, where p ran at both) beside the AP that 4x
+    the learning rate adds at 500 steps from p ("4x the step": 4p against p). NaN where that comparison did not run."""
     if steps.empty:
         return pd.DataFrame()
     ap = steps["AP"].reset_index()
     at500 = ap[ap["iters"] == 500].set_index("lr x iters").drop(columns=["iters", "lr"]).sort_index()
     at2000 = ap[ap["iters"] == 2000].set_index("lr x iters").drop(columns=["iters", "lr"])
-    table = {f"4x the steps at {p:g}": at2000.loc[p] - at500.loc[p] for p in at2000.index.intersection(at500.index)}
+    nan = pd.Series(math.nan, index=at500.columns)
+    rows = []
     for p in at500.index:
         wider = [q for q in at500.index if math.isclose(q, 4 * p)]
-        if wider:
-            table[f"4x the step from {p:g}"] = at500.loc[wider[0]] - at500.loc[p]
-    return pd.DataFrame(table).rename_axis(index="method")
+        steps_gain = at2000.loc[p] - at500.loc[p] if p in at2000.index else nan
+        step_gain = at500.loc[wider[0]] - at500.loc[p] if wider else nan
+        rows += [{"method": m, "lr x iters": p, "4x the steps": steps_gain[m], "4x the step": step_gain[m]}
+                 for m in at500.columns]  # fmt: skip
+    return pd.DataFrame(rows).set_index(["method", "lr x iters"]).sort_index().dropna(how="all")
 
 
 def ablation_table(result: dict) -> pd.DataFrame:

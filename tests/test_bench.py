@@ -265,10 +265,12 @@ def test_step_size_distance_sets_4x_the_steps_beside_4x_the_step_from_the_same_p
                     settings={"weight_lr": lr}, units=[{"undecided": 0.5}])  # fmt: skip
 
     runs = [run(500, 1e-3, 50.0), run(500, 4e-3, 58.0), run(2000, 1e-3, 59.0), run(500, 1.6e-2, 60.0)]
-    runs.append(run(500, 4e-2, 62.0))  # product 20: no 4x of it ran, so no column starts there
+    runs.append(run(500, 4e-2, 62.0))  # products 8 and 20: neither 4x nor 2000 steps ran there, so no row
     distance = step_size_distance(step_size_table(_result(runs)))
-    assert distance.columns.tolist() == ["4x the steps at 2", "4x the step from 0.5", "4x the step from 2"]
-    assert distance.loc["brecq"].tolist() == pytest.approx([1.0, 8.0, 2.0])
+    assert distance.index.tolist() == [("brecq", 0.5), ("brecq", 2.0)]
+    assert distance["4x the step"].tolist() == pytest.approx([8.0, 2.0])
+    assert distance["4x the steps"].isna().tolist() == [True, False]
+    assert distance.loc[("brecq", 2.0), "4x the steps"] == 1.0
     assert step_size_distance(step_size_table(_result([]))).empty
 
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from regptq_lite import theory
+from regptq_lite.quantizers import UniformQuantizer
 
 
 @pytest.mark.parametrize("step", [0.01, 0.03, 0.05])
@@ -30,10 +31,23 @@ def test_likelihood_curves_are_densities_with_the_expected_shapes():
         assert np.trapezoid(curves[name], curves["w"]) == pytest.approx(1.0, abs=1e-6)
     assert theory.curve_kurtosis(curves["w"], curves["l1"]) == pytest.approx(3.0, abs=0.1)  # one point: Laplace
     assert theory.curve_kurtosis(curves["w"], curves["l2"]) == pytest.approx(0.0, abs=0.01)  # Gaussian
-    wide = theory.likelihood_curves(n=400, seed=0)
-    assert abs(theory.curve_kurtosis(wide["w"], wide["l2"])) < 0.05  # Gaussian for any n
+    shape = theory.posterior_kurtosis((1, 400), seed=0)
+    assert shape[1]["l1"] == pytest.approx(theory.curve_kurtosis(curves["w"], curves["l1"]))
+    assert abs(shape[400]["l2"]) < 0.05 and abs(shape[400]["l1"]) < 0.5  # L2 Gaussian for any n; L1 with many points
     # L1: a cusp at the peak (slope jumps there); L2: smooth
     assert curves["l1"].argmax() == np.abs(np.diff(np.log(curves["l1"]), 2)).argmax() + 1
+
+
+def test_uniform_squared_error_fit_is_a_grid_of_2_to_the_b_levels_with_the_smallest_squared_error():
+    columns = theory.laplace_deltas(3000, seed=2).T.contiguous()
+    fitted = theory.uniform_squared_error_fit(columns, 3)
+    assert fitted.shape == columns.shape
+    assert all(len(row.unique()) <= 2**3 for row in fitted)
+    lp_fit = UniformQuantizer(3, 0, "mse")  # its clip minimises the L_2.4 error
+    lp_fit.init(columns)
+    with torch.no_grad():
+        squared = {"fit": (fitted - columns).pow(2).mean(1), "L_2.4": (lp_fit(columns) - columns).pow(2).mean(1)}
+    assert (squared["fit"] <= squared["L_2.4"] + 1e-9).all()
 
 
 def test_log_grid_beats_uniform_grid_on_laplace_deltas():

@@ -32,6 +32,15 @@ def test_iris_file_is_the_classic_table():
     assert x.shape == (150, 4) and torch.bincount(y).tolist() == [50, 50, 50]
 
 
+def test_constant_error_is_what_a_constant_prediction_scores(regressor):
+    assert regressor.constant_error() == 1.0
+    assert regressor.error(lambda x: regressor.y.median(0).values.expand(len(x), -1)) == pytest.approx(1.0)
+    classifier = toy.train_task("classifier", epochs=1)
+    assert classifier.constant_error() == pytest.approx(2 / 3)
+    always_first = torch.tensor([1.0, 0.0, 0.0])
+    assert classifier.error(lambda x: always_first.expand(len(x), -1)) == pytest.approx(classifier.constant_error())
+
+
 def test_unknown_task_noise_and_loss_are_rejected(regressor):
     with pytest.raises(ValueError, match="unknown toy task"):
         toy.train_task("segmenter")
