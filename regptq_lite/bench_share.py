@@ -22,6 +22,7 @@ except ImportError:  # Windows: no sharing
     fcntl = None
 
 
+RUN_FIELDS = ("table", "row", "method", "wbits", "abits", "seed", "iters", "AP")  # what the tables read per run
 LOCK = "lock"  # the file in the claims folder that guards the results file (claims are named by hex digests)
 
 
@@ -74,7 +75,18 @@ def read_runs(results: Path, fast: bool, code: str) -> list[dict]:
     """The finished runs in ``results`` that this code would compute the same way."""
     if not results.is_file():
         return []
-    previous = json.loads(results.read_text())
+    try:
+        previous = json.loads(results.read_text())
+    except ValueError as err:  # UnicodeDecodeError is one too
+        raise ValueError(f"{results} is not a bench's results: not JSON ({err})") from None
+    runs = previous.get("runs") if isinstance(previous, dict) else None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise ValueError(f"{results} is not a bench's results: its runs are not a list of runs")
     if previous.get("fast") != fast:
         return []
-    return [r for r in previous.get("runs", []) if r.get("code") == code and "key" in r]
+    mine = [r for r in runs if r.get("code") == code and "key" in r]
+    for run in mine:
+        missing = [field for field in RUN_FIELDS if field not in run]
+        if missing:
+            raise ValueError(f"{results} is damaged: a run lacks {', '.join(missing)} (key {run['key']})")
+    return mine

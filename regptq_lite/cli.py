@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from .scenes import SceneSet
 
 EXIT_BAD_INPUT = 2
+MAX_IMAGE_SIDE = 4096  # --image-size at most: torchvision's COCO detectors use 800
 
 
 class UsageError(Exception):
@@ -38,6 +40,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def _image_size(text: str) -> int:
+    side = _positive_int(text)
+    if side > MAX_IMAGE_SIDE:
+        raise argparse.ArgumentTypeError(f"expected a short side of at most {MAX_IMAGE_SIDE} pixels, got {side}")
+    return side
 
 
 def _integer(text: str) -> int:
@@ -87,6 +96,8 @@ def _path(text: str) -> Path:
 
 
 def _checkpoint(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a checkpoint file (or 'random'), got an empty string")
     if Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder; expected a checkpoint file (or 'random')")
     return text
@@ -351,7 +362,7 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--coco-root", default=None, help="COCO folder with val2017/ and annotations/ (torchvision models)")
     p.add_argument(
-        "--image-size", type=_positive_int, default=None, help="short side the detector resizes to (default: its own)"
+        "--image-size", type=_image_size, default=None, help="short side the detector resizes to (default: its own)"
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available")
 
@@ -478,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     # Denormal floats slow CPU convolutions ~70x; flush them to zero before any thread pool starts
     # (threads inherit the setting from the thread that creates them).
     torch.set_flush_denormal(True)
+    # torch.load warns about pickles that torch.save did not write; the load then fails with a one-line error
+    warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
     from .detectors import CheckpointError
     from .notebooks_io import NotebookError
 
@@ -493,6 +506,12 @@ def main(argv: list[str] | None = None) -> int:
             " --image-size",
             file=sys.stderr,
         )
+        return EXIT_BAD_INPUT
+    except RuntimeError as err:
+        if "can't allocate memory" not in str(err):  # the CPU's out-of-memory error; anything else is a bug
+            raise
+        print("regptq_lite: error: out of memory on the CPU; try fewer --calib-images or a smaller --image-size",
+              file=sys.stderr)  # fmt: skip
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("regptq_lite: interrupted", file=sys.stderr)

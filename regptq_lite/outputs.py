@@ -19,7 +19,9 @@ A path that breaks the rule raises ``OutputError``: on the command line, one lin
 from __future__ import annotations
 
 import json
+import pickle
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,8 +75,23 @@ def is_checkpoint(path: Path) -> bool:
 
 
 def is_export(path: Path) -> bool:
-    """A torch file without a card (``calibrate --save``)."""
-    return is_torch_file(path) and not is_card(card_path(path))
+    """An integer export (``calibrate --save``): a torch file without a card whose every entry is a layer's
+    integer form, with its kind and bit-widths. Any other pickle or zip is someone else's file."""
+    if not is_torch_file(path) or is_card(card_path(path)):
+        return False
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about pickles it did not write
+        try:
+            layers = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError, OSError):  # not a torch file of tensors
+            return False
+    return (
+        isinstance(layers, dict)
+        and bool(layers)
+        and all(isinstance(layer, dict) and {"kind", "wbits", "abits"} <= layer.keys() for layer in layers.values())
+    )
 
 
 def is_bench_results(path: Path) -> bool:

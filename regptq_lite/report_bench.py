@@ -10,12 +10,11 @@ import html
 from pathlib import Path
 
 from .bench import DEFAULT_MODEL, RESULTS_DIR, load, result_name
+from .bench_share import RUN_FIELDS
 from .bench_tables import REGPTQ, budget_curve, completion, leads, methods_table
 from .provenance import code_fingerprint
 from .recon import ReconSettings
 from .viz import plot_budget_curve, png_base64
-
-RUN_FIELDS = ("table", "row", "method", "wbits", "abits", "seed", "iters", "AP")  # what the tables read per run
 
 
 def is_current(result: object) -> bool:

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import time
 import pandas as pd
 import pytest
 import torch
+from cli_run import assert_clean_error, run_in_process
 
 from regptq_lite import bench, bench_share, provenance, viz
 from regptq_lite.bench import (
@@ -433,6 +435,28 @@ def test_an_interrupted_bench_resumes_runs_of_the_same_code_only(tmp_path, monke
     assert first["selection"] == {"methods": None, "rows": None, "seeds": None}  # every run was asked for
     chosen = bench.run_bench(fast=True, out_dir=tmp_path, rows=["naive"])
     assert chosen["selection"] == {"methods": None, "rows": ["naive"], "seeds": None}  # the tables plan only these
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("{", "is not a bench's results: not JSON"),
+        ('{"fast": true, "runs": 5}', "its runs are not a list of runs"),
+        ('{"fast": true, "runs": [1, 2]}', "its runs are not a list of runs"),
+        ('[{"runs": []}]', "its runs are not a list of runs"),
+        ('{"fast": true, "runs": [{"key": "k", "code": "one", "table": "methods", "row": "naive"}]}',
+         "is damaged: a run lacks method, wbits, abits, seed, iters, AP (key k)"),
+    ],
+)  # fmt: skip
+def test_a_damaged_results_file_is_named_before_anything_is_written(tmp_path, capsys, monkeypatch, content, needle):
+    (tmp_path / "bench.json").write_text(content)
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        bench_share.read_runs(tmp_path / "bench.json", fast=True, code="one")
+    monkeypatch.setattr(bench, "code_fingerprint", lambda: "one")
+    monkeypatch.setattr(bench, "_calibrate", lambda *a: pytest.fail("a damaged results file must stop the bench"))
+    # the command line: one line, exit 2 (where the file is not even a bench's, the output check says so first)
+    assert_clean_error(run_in_process(capsys, "bench", "--fast", "--methods", "naive", "--out", tmp_path), "bench.json")
+    assert (tmp_path / "bench.json").read_text() == content and not (tmp_path / "bench.md").exists()
 
 
 def test_two_processes_share_one_bench_and_compute_each_run_once(tmp_path, monkeypatch):

@@ -39,6 +39,31 @@ def test_out_of_memory_is_one_line(capsys, monkeypatch):
     assert_clean_error(run_in_process(capsys, "eval", "--max-images", 1), "out of memory (CUDA out of memory)")
 
 
+def test_cpu_out_of_memory_is_one_line_and_other_runtime_errors_are_not_hidden(capsys, monkeypatch):
+    from regptq_lite import coco_eval
+
+    def exhausted(model, val):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(coco_eval, "evaluate", exhausted)
+    assert_clean_error(run_in_process(capsys, "eval", "--max-images", 1), "out of memory on the CPU")
+
+    def broken(model, val):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(coco_eval, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_in_process(capsys, "eval", "--max-images", 1)
+
+
+def test_a_pickle_that_is_no_checkpoint_is_one_line_without_torch_warnings(tmp_path):
+    import pickle
+
+    plain = tmp_path / "plain.pt"
+    plain.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    assert_clean_error(run("eval", "--weights", str(plain)), "regptq_lite: error: ")
+
+
 def test_eval_json_prints_one_object_with_metrics():
     result = run("eval", "--json", "--max-images", "40")  # all 500: test_shipped_checkpoint_reproduces_its_card
     assert result.returncode == 0, result.stderr
@@ -82,6 +107,8 @@ def test_the_entry_point_reports_bad_input_in_one_line(args, needle):
         (("train", "--out", ""), "argument --out: expected a path, got an empty string"),
         (("report", "--out", " "), "argument --out: expected a path"),
         (("eval", "--weights", "."), "argument --weights/--checkpoint: . is a folder; expected a checkpoint file"),
+        (("eval", "--weights", ""), "argument --weights/--checkpoint: expected a checkpoint file (or 'random'), got"),
+        (("eval", "--image-size", "100000"), "argument --image-size: expected a short side of at most 4096 pixels"),
         (("bench", "--rows", "regptq", "nope"), "no row 'nope' in the tiny_retinanet bench; its rows: brecq, "),
         (("bench", "--model", "tiny_fasterrcnn", "--rows", "0.0002/0.5"), "no row '0.0002/0.5'"),  # RetinaNet's only
         (("bench", "--seeds", "0", "3"), "seed(s) 3 not in the bench; expected some of 0, 1, 2"),

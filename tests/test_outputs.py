@@ -4,6 +4,7 @@ replaces a command's own kind and nothing else; the report's kernels draw figure
 
 import hashlib
 import json
+import pickle
 import shutil
 import subprocess
 from pathlib import Path
@@ -121,7 +122,7 @@ def _checkpoint(path: Path) -> Path:
 
 def test_file_outputs_replace_their_own_kind_only_with_force(tmp_path):
     export = tmp_path / "q.pt"
-    torch.save({"layer": {"kind": "uniform"}}, export)
+    torch.save({"layer": {"kind": "uniform", "wbits": 4, "abits": 4, "bias": None}}, export)
     with pytest.raises(OutputError, match="--force"):
         check_export_out(export)
     check_export_out(export, force=True)
@@ -139,6 +140,15 @@ def test_file_outputs_replace_their_own_kind_only_with_force(tmp_path):
         check_export_out(text, force=True)
     with pytest.raises(OutputError, match=r"\.pt or \.pth file"):
         check_export_out(tmp_path / "q.bin")
+    # torch files of other kinds, even without a card: a bare state dict, any pickle, a zip
+    torch.save({"w": torch.zeros(1)}, tmp_path / "state.pt")
+    (tmp_path / "plain.pt").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    (tmp_path / "archive.pt").write_bytes(b"PK\x03\x04" + b"\x00" * 60)
+    for name in ("state.pt", "plain.pt", "archive.pt"):
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(OutputError, match="is not an integer export"):
+            check_export_out(tmp_path / name, force=True)
+        assert (tmp_path / name).read_bytes() == before
 
 
 def test_the_documented_overwrites_keep_working(tmp_path):
