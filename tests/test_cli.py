@@ -10,6 +10,7 @@ import pytest
 from cli_run import assert_clean_error, run_in_process
 
 import regptq_lite.methods  # noqa: F401  (binds coco_eval.evaluate at import: import it before a test patches that)
+from regptq_lite.outputs import is_export
 
 
 def run(*args):
@@ -209,6 +210,7 @@ def test_calibrate_naive_json_and_integer_export(tmp_path):
     assert out["val_images"] == 40
     assert 0 <= out["AP"] <= 100
     assert saved.is_file() and not list(tmp_path.glob("*.tmp"))
+    assert is_export(saved)  # so --save ... --force may replace it, and nothing else
 
 
 @pytest.mark.parametrize("command", [("eval",), (*CALIB, "--wbits", "4", "--abits", "4")])
