@@ -20,7 +20,7 @@ import torch
 
 from .fgic import paired_iou
 from .llaq import LogAffineQuantizer
-from .quantizers import UniformQuantizer
+from .quantizers import UniformQuantizer, lp_error
 
 LOSSES = ("l1", "l2", "logistic")
 
@@ -115,16 +115,16 @@ def uniform_squared_error_fit(columns: torch.Tensor, bits: int, ratios: int = 81
     ``UniformQuantizer``'s own "mse" observer minimises the L_2.4 error (BRECQ's and QDrop's criterion), which on
     peaked data keeps a wider clip; fitting both grids by squared error makes their comparison fair.
     """
-    best = torch.full((columns.shape[0], 1), float("inf"))
+    best = torch.full((columns.shape[0],), float("inf"))
     fitted = columns.clone()
     for ratio in torch.linspace(0.2, 1.0, ratios).tolist():
         quantizer = UniformQuantizer(bits, 0)
         quantizer.init(columns * ratio)  # min-max of the clipped range
         with torch.no_grad():
             rounded = quantizer(columns)
-        err = (rounded - columns).pow(2).mean(dim=1, keepdim=True)
+        err = lp_error(columns, rounded, 0, p=2)
         better = err < best
-        best, fitted = torch.where(better, err, best), torch.where(better, rounded, fitted)
+        best, fitted = torch.where(better, err, best), torch.where(better[:, None], rounded, fitted)
     return fitted
 
 
