@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 
-def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it over ``path``.
+def _free_temp_name(path: Path) -> Path:
+    """A name beside ``path`` that no file has yet, e.g. ``out.pt.3f9a1c2e.tmp``."""
+    while True:
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+        if not tmp.exists() and not tmp.is_symlink():
+            return tmp
 
-    If ``write`` fails, the temp file is removed and ``path`` is left as it was.
+
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` on a new temp file beside ``path``, then rename it over ``path``.
+
+    If ``write`` fails, the temp file is removed and ``path`` is left as it was. The temp name is one that
+    no file has, so a user's own ``<path>.tmp`` is never touched.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = _free_temp_name(path)
     try:
         write(tmp)
         tmp.replace(path)

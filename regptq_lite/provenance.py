@@ -71,14 +71,19 @@ def calibration_modules(root: str = "methods") -> list[Path]:
     return sorted(package / f"{name}.py" for name in seen)
 
 
+# Modules that ``methods`` reaches but no number passes through: one writes files, one draws progress bars.
+NO_NUMBERS = ("atomic", "progress")
+
+
 def code_fingerprint() -> str:
     """A hash of everything a calibration's numbers depend on: the modules that ``methods`` reaches
-    (``calibration_modules``), the shipped checkpoints and the torch version. Two runs with the same
-    settings and fingerprint compute the same numbers on one machine at one torch thread count, whatever commit
-    they ran at; across CPUs and thread counts they may not (notebook 05 shows by how much)."""
+    (``calibration_modules``) except ``NO_NUMBERS``, the shipped checkpoints and the torch version. Two runs
+    with the same settings and fingerprint compute the same numbers on one machine at one torch thread count,
+    whatever commit they ran at; across CPUs and thread counts they may not (notebook 05 shows by how much)."""
     import torch
 
+    modules = [path for path in calibration_modules() if path.stem not in NO_NUMBERS]
     digest = hashlib.sha256(torch.__version__.encode())
-    for path in calibration_modules() + sorted((REPO / "data").glob("*.pt")):
+    for path in modules + sorted((REPO / "data").glob("*.pt")):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]

@@ -21,3 +21,22 @@ def test_a_finished_write_replaces_the_file(tmp_path):
     target = tmp_path / "result.json"
     assert write_atomic(target, lambda tmp: tmp.write_text("new")) == target
     assert target.read_text() == "new"
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_users_own_tmp_file_is_never_touched(tmp_path, fails):
+    target, users = tmp_path / "result.json", tmp_path / "result.json.tmp"
+    users.write_text("the user's")
+
+    def write(tmp):
+        tmp.write_text("new")
+        if fails:
+            raise KeyboardInterrupt
+
+    if fails:
+        with pytest.raises(KeyboardInterrupt):
+            write_atomic(target, write)
+    else:
+        write_atomic(target, write)
+    assert users.read_text() == "the user's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"] * (not fails) + ["result.json.tmp"]
