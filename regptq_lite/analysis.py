@@ -10,7 +10,8 @@
 - ``branch_quantization``: AP when only one branch of the head is quantized (naive, uniform);
 - ``part_quantization``: where a calibrated detector loses its AP: each part (backbone, neck, class
   branch, box branch) quantized alone, and everything but that part quantized;
-- ``part_costs``: from those rows, the AP each part costs on its own and the AP leaving it float wins back.
+- ``part_costs``: from those rows, the AP each part costs on its own and the AP leaving it float wins back;
+- ``part_sizes``: how many layers and weights each part holds.
 """
 
 from __future__ import annotations
@@ -161,6 +162,15 @@ def part_costs(rows: list[dict], metric: str = "AP") -> dict[str, dict[str, floa
     return {
         "only": {p: by_case[("none", "-")] - by_case[(p, "only")] for p in parts},
         "all but": {p: by_case[(p, "all but")] - by_case[("all", "-")] for p in parts},
+    }
+
+
+def part_sizes(qmodel: nn.Module) -> dict[str, dict[str, int]]:
+    """Per part of ``detector_parts``: its ``"layers"`` (those ``quant_layers`` wraps, the float prediction convs
+    included) and the ``"weights"`` they hold."""
+    return {
+        part: {"layers": len(names), "weights": sum(qmodel.get_submodule(n).layer.weight.numel() for n in names)}
+        for part, names in detector_parts(qmodel).items()
     }
 
 

@@ -1,7 +1,8 @@
 """The interactive LLAQ explorer of notebook 04: sliders for bits, m, k+, a+, k-, a- on a real head weight.
 
 ``llaq_panel`` draws one setting (histogram, levels of LLAQ, uniform and log2 grids, MSE, box error) and is
-what the sliders call; ``llaq_explorer`` wires the sliders to it (it needs a kernel); ``llaq_scrubber``
+what the sliders call; its figures of merit also cover the uniform grid fitted by squared error, which it does not
+draw; ``llaq_explorer`` wires the sliders to it (it needs a kernel); ``llaq_scrubber``
 precomputes the panel on a small grid of settings and needs none (it works in the HTML report too).
 ``BoxProbe`` measures the box error: the IoU the FP detector's confident boxes lose when that one conv's
 weight is replaced by its quantized form.
@@ -21,6 +22,7 @@ from .fgic import decode, paired_iou
 from .llaq import PARAMS, LogAffineQuantizer
 from .quantizers import Log2Quantizer, UniformQuantizer
 from .scrubber import scrubber_html
+from .theory import uniform_squared_error_fit
 from .viz import png_base64
 
 
@@ -82,16 +84,18 @@ def _grid(weight: torch.Tensor, q: nn.Module, probe: BoxProbe | None) -> dict:
 
 
 def reference_grids(weight: torch.Tensor, bits: int, probe: BoxProbe | None = None) -> dict:
-    """``_grid`` of the two grids LLAQ is compared with: uniform (MSE search) and log2."""
+    """``_grid`` of the grids LLAQ is compared with: ``"uniform"`` (its clip searched by the L_2.4 error, BRECQ's
+    observer), ``"uniform, squared error"`` (the clip searched by squared error, LLAQ's own criterion) and log2."""
     w = weight.detach()
     return {
         "uniform": _grid(w, UniformQuantizer(bits, channel_axis=0, observer="mse"), probe),
+        "uniform, squared error": _grid(w, lambda x: uniform_squared_error_fit(x, bits), probe),
         "log2": _grid(w, Log2Quantizer(bits, channel_axis=0), probe),
     }
 
 
 def compare_grids(weight: torch.Tensor, bits: int, probe: BoxProbe | None = None, **params: float) -> dict:
-    """Quantized weights, MSE (and box error with a probe) for LLAQ at ``params``, uniform-MSE and log2."""
+    """Quantized weights, MSE (and box error with a probe) for LLAQ at ``params`` and ``reference_grids``."""
     llaq = _grid(weight.detach(), llaq_quantizer(bits, **params), probe)
     return {"LLAQ": llaq, **reference_grids(weight, bits, probe)}
 

@@ -63,6 +63,18 @@ def test_part_quantization_splits_the_detector(fp_model):
     assert rows[-1]["AP"] < rows[0]["AP"]
 
 
+def test_part_sizes_count_every_quantized_layer_and_weight_once(fp_model):
+    from regptq_lite.qmodel import quant_layers, quantize_detector
+
+    qmodel = quantize_detector(fp_model, 4, 4, regime="full")
+    sizes = analysis.part_sizes(qmodel)
+    layers = quant_layers(qmodel)
+    assert set(sizes) == {"backbone", "neck", "class branch", "box branch"}
+    assert sum(s["layers"] for s in sizes.values()) == len(layers)
+    assert sum(s["weights"] for s in sizes.values()) == sum(q.layer.weight.numel() for _, q in layers)
+    assert sizes["class branch"]["layers"] == sizes["box branch"]["layers"] > 0
+
+
 def test_part_costs_measure_each_part_against_its_own_reference():
     rows = [
         {"part": "none", "quantized": "-", "AP": 70.0},

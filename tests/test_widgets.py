@@ -29,7 +29,7 @@ def test_explorer_starts_from_the_mse_search(explorer):
     start = widgets.llaq_initial(weight, 4)
     for name in widgets.PARAMS:
         assert box.sliders[name].value == pytest.approx(start[name], abs=box.sliders[name].step)
-    assert set(box.stats) == {"LLAQ", "uniform", "log2"}
+    assert set(box.stats) == {"LLAQ", "uniform", "uniform, squared error", "log2"}
 
 
 def test_moving_k_redraws_with_a_new_error(explorer):
@@ -69,7 +69,8 @@ def test_llaq_beats_uniform_on_the_peaked_box_weight(explorer):
     weight, probe, _ = explorer
     result = widgets.compare_grids(weight, 4, probe, **widgets.llaq_initial(weight, 4))
     assert result["LLAQ"]["mse"] < result["uniform"]["mse"]
-    assert len(result["LLAQ"]["levels"]) <= 16
+    assert result["uniform, squared error"]["mse"] <= result["uniform"]["mse"]  # fitted by the measure itself
+    assert len(result["LLAQ"]["levels"]) <= 16 and len(result["uniform, squared error"]["levels"]) <= 16
 
 
 SCRUBBER_GRID = {"bits": (3, 4), "k_scales": (0.5, 1.0, 2.0), "a_shifts": (0.0, 1.0)}
