@@ -1,9 +1,9 @@
 """The interactive LLAQ explorer of notebook 04: sliders for bits, m, k+, a+, k-, a- on a real head weight.
 
 ``llaq_panel`` draws one setting (histogram, levels of LLAQ, uniform and log2 grids, MSE, box error) and is
-what the sliders call; its figures of merit also cover the uniform grid fitted by squared error, which it does not
-draw; ``llaq_explorer`` wires the sliders to it (it needs a kernel); ``llaq_scrubber``
-precomputes the panel on a small grid of settings and needs none (it works in the HTML report too).
+what the sliders call; ``compare_grids`` adds the uniform grid fitted by squared error, for notebook 04's table;
+``llaq_explorer`` wires the sliders to the panel (it needs a kernel); ``llaq_scrubber`` precomputes the panel on
+a small grid of settings and needs none (it works in the HTML report too).
 ``BoxProbe`` measures the box error: the IoU the FP detector's confident boxes lose when that one conv's
 weight is replaced by its quantized form.
 """
@@ -84,20 +84,27 @@ def _grid(weight: torch.Tensor, q: nn.Module, probe: BoxProbe | None) -> dict:
 
 
 def reference_grids(weight: torch.Tensor, bits: int, probe: BoxProbe | None = None) -> dict:
-    """``_grid`` of the grids LLAQ is compared with: ``"uniform"`` (its clip searched by the L_2.4 error, BRECQ's
-    observer), ``"uniform, squared error"`` (the clip searched by squared error, LLAQ's own criterion) and log2."""
+    """``_grid`` of the two grids the panel draws beside LLAQ: uniform (its clip searched by the L_2.4 error,
+    BRECQ's observer) and log2."""
     w = weight.detach()
     return {
         "uniform": _grid(w, UniformQuantizer(bits, channel_axis=0, observer="mse"), probe),
-        "uniform, squared error": _grid(w, lambda x: uniform_squared_error_fit(x, bits), probe),
         "log2": _grid(w, Log2Quantizer(bits, channel_axis=0), probe),
     }
 
 
-def compare_grids(weight: torch.Tensor, bits: int, probe: BoxProbe | None = None, **params: float) -> dict:
-    """Quantized weights, MSE (and box error with a probe) for LLAQ at ``params`` and ``reference_grids``."""
+def panel_grids(weight: torch.Tensor, bits: int, probe: BoxProbe | None = None, **params: float) -> dict:
+    """Quantized weights, MSE (and box error with a probe) of what the panel draws: LLAQ at ``params`` and
+    ``reference_grids``."""
     llaq = _grid(weight.detach(), llaq_quantizer(bits, **params), probe)
     return {"LLAQ": llaq, **reference_grids(weight, bits, probe)}
+
+
+def compare_grids(weight: torch.Tensor, bits: int, probe: BoxProbe | None = None, **params: float) -> dict:
+    """``panel_grids`` and ``"uniform, squared error"``, the uniform grid whose clip is searched by squared error,
+    LLAQ's own criterion: the fair partner for a comparison by weight MSE (notebook 04's table)."""
+    fair = _grid(weight.detach(), lambda x: uniform_squared_error_fit(x, bits), probe)
+    return {**panel_grids(weight, bits, probe, **params), "uniform, squared error": fair}
 
 
 def _histogram(weight: torch.Tensor, bits: int) -> tuple[plt.Figure, plt.Axes]:
@@ -133,7 +140,7 @@ def llaq_panel(
     weight: torch.Tensor, bits: int, probe: BoxProbe | None = None, **params: float
 ) -> tuple[plt.Figure, dict]:
     """One setting of the explorer: histogram with each grid's levels, and the figures of merit."""
-    result = compare_grids(weight, bits, probe, **params)
+    result = panel_grids(weight, bits, probe, **params)
     fig, ax = _histogram(weight, bits)
     _draw_grids(ax, result, params["m"])
     fig.tight_layout()
