@@ -19,13 +19,15 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a new temp file beside ``path``, then rename it over ``path``.
 
     If ``write`` fails, the temp file is removed and ``path`` is left as it was. The temp name is one that
-    no file has, so a user's own ``<path>.tmp`` is never touched.
+    no file has, so a user's own ``<path>.tmp`` is never touched. A ``path`` that is a symbolic link keeps
+    its link: the file it points to is replaced.
     """
     path = Path(path)
-    tmp = _free_temp_name(path)
+    target = path.resolve() if path.is_symlink() else path
+    tmp = _free_temp_name(target)
     try:
         write(tmp)
-        tmp.replace(path)
+        tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 EXIT_BAD_INPUT = 2
 MAX_IMAGE_SIDE = 4096  # --image-size at most: torchvision's COCO detectors use 800
+MAX_DRAWS = 1000  # toy --draws at most: about 0.03 s a draw, so a minute at most
 
 
 class UsageError(Exception):
@@ -47,6 +48,13 @@ def _image_size(text: str) -> int:
     if side > MAX_IMAGE_SIDE:
         raise argparse.ArgumentTypeError(f"expected a short side of at most {MAX_IMAGE_SIDE} pixels, got {side}")
     return side
+
+
+def _draws(text: str) -> int:
+    draws = _positive_int(text)
+    if draws > MAX_DRAWS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_DRAWS} draws, got {draws}")
+    return draws
 
 
 def _integer(text: str) -> int:
@@ -466,7 +474,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("toy", help="the paper's toy study: regressor vs classifier under noise and quantization")
     p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--draws", type=_positive_int, default=20, help="noise draws per point")
+    p.add_argument("--draws", type=_draws, default=20, help=f"noise draws per point (1-{MAX_DRAWS})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_cmd_toy)
 

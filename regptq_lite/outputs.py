@@ -138,6 +138,12 @@ def _refuse_protected(path: Path, option: str, allowed: Path | None = None) -> N
             raise OutputError(f"{option} {path}: inside {folder.name}/ ({what}); write somewhere else")
 
 
+def _refuse_broken_link(path: Path, where: str) -> None:
+    """Refuse a symbolic link that points nowhere: writing there would replace the user's link with a file."""
+    if path.is_symlink() and not path.exists():
+        raise OutputError(f"{where} is a link to a missing {path.readlink()}; not replacing it")
+
+
 def _writable(folder: Path, option: str, path: Path) -> None:
     """Refuse a folder without write permission: read-only by its mode (which does not stop root, so the mode
     is read), or failing a trial write (another owner, a read-only file system)."""
@@ -159,6 +165,7 @@ def _check_files(files: dict[Path, Recognise], kind: str, option: str, path: Pat
         return f"{option} {path}" if file == path else f"{option} {path}: {file.name}"
 
     for file, is_own in files.items():
+        _refuse_broken_link(file, where(file))
         if file.is_dir():
             raise OutputError(f"{where(file)} is a folder, not {kind}")
         if file.exists() and not is_own(file):
@@ -187,6 +194,7 @@ def _check_folder_output(folder: Path, option: str, default: Path, allowed: Path
     Whether it is the documented ``default``."""
     documented = _same(folder, default)
     _refuse_protected(folder, option, allowed)
+    _refuse_broken_link(folder, f"{option} {folder}")
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{option} {folder} is a file, where a folder is needed")
     if folder.is_dir():

@@ -40,3 +40,12 @@ def test_a_users_own_tmp_file_is_never_touched(tmp_path, fails):
         write_atomic(target, write)
     assert users.read_text() == "the user's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"] * (not fails) + ["result.json.tmp"]
+
+
+def test_a_link_keeps_its_link_and_the_file_it_points_to_is_replaced(tmp_path):
+    real, link = tmp_path / "real.json", tmp_path / "link.json"
+    real.write_text("old")
+    link.symlink_to(real)
+    assert write_atomic(link, lambda tmp: tmp.write_text("new")) == link
+    assert link.is_symlink() and real.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "real.json"]

@@ -105,6 +105,8 @@ def test_the_entry_point_reports_bad_input_in_one_line(args, needle):
         ((), "required"),
         (("train", "--seed", "-1"), "argument --seed: expected a seed in 0..2**32 - 1, got -1"),
         (("toy", "--seed", str(2**32)), "argument --seed: expected a seed"),
+        (("toy", "--draws", "1001"), "argument --draws: expected at most 1000 draws, got 1001"),
+        (("toy", "--draws", "0"), "argument --draws: expected a positive integer, got 0"),
         (("train", "--out", ""), "argument --out: expected a path, got an empty string"),
         (("report", "--out", " "), "argument --out: expected a path"),
         (("eval", "--weights", "."), "argument --weights/--checkpoint: . is a folder; expected a checkpoint file"),

@@ -56,12 +56,18 @@ def _foreign_folder(tmp: Path) -> Path:
     return folder
 
 
+def _broken_link(path: Path) -> Path:
+    path.symlink_to(path.with_name("gone"))
+    return path
+
+
 BAD_PATHS = {
     "existing file of another kind": lambda tmp, leaf: ROOT / "README.md",
     "existing folder of another kind": lambda tmp, leaf: _foreign_folder(tmp),
     "read-only folder": lambda tmp, leaf: _read_only(tmp),
     "inside a read-only folder": lambda tmp, leaf: _read_only(tmp) / leaf,
     "missing parent": lambda tmp, leaf: tmp / "missing" / leaf,
+    "a link to a missing file": lambda tmp, leaf: _broken_link(tmp / leaf),
     "the notebooks folder": lambda tmp, leaf: NOTEBOOKS_DIR,
     "inside the notebooks folder": lambda tmp, leaf: NOTEBOOKS_DIR / leaf,
     "the data folder": lambda tmp, leaf: DATA_DIR,
