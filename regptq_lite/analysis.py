@@ -7,7 +7,9 @@
 - ``branch_noise``: AP when only the box branch or only the class branch gets weight noise,
   relative to each layer's own weight spread (noise of size sigma x std(w): a Gaussian's std, a uniform's
   half-width);
-- ``branch_quantization``: AP when only one branch of the head is quantized (naive, uniform);
+- ``branch_quantization``: AP when only one branch of the head is quantized (naive, uniform), and
+  ``branch_costs``: from those, the AP each branch costs on its own;
+- ``box_drift``: how far a quantized detector's boxes moved from the float detector's;
 - ``part_quantization``: where a calibrated detector loses its AP: each part (backbone, neck, class
   branch, box branch) quantized alone, and everything but that part quantized;
 - ``part_costs``: from those rows, the AP each part costs on its own and the AP leaving it float wins back;
@@ -20,6 +22,7 @@ import copy
 
 import torch
 from torch import nn
+from torchvision.ops import box_iou
 
 from .coco_eval import evaluate
 from .llaq import LogAffineQuantizer, llaq_of
@@ -123,6 +126,51 @@ def branch_quantization(
     scenes = SceneSet("val", size=val_images)
     cases = {"none": set(), "class": branch_layers(qmodel, "class"), "box": branch_layers(qmodel, "box"), "all": None}
     return {case: evaluate_quantized(qmodel, names, scenes) for case, names in cases.items()}
+
+
+def branch_costs(
+    branch: dict[str, dict[str, dict[str, float]]], metrics: tuple[str, ...] = ("AP", "AP50", "AP75")
+) -> dict[tuple[str, str], dict[str, float]]:
+    """From ``branch_quantization`` results by setting (e.g. ``{"W2A4": ...}``): per setting and metric, the
+    metric lost with only the class or only the box branch quantized (against nothing quantized)."""
+    return {
+        (setting, metric): {b: cases["none"][metric] - cases[b][metric] for b in ("class", "box")}
+        for setting, cases in branch.items()
+        for metric in metrics
+    }
+
+
+def box_drift(
+    fp_outputs: list[dict], q_outputs: list[dict], score_thresh: float = 0.5, match_iou: float = 0.5
+) -> dict[str, float]:
+    """How far the quantized detector's boxes moved, over detections scoring at least ``score_thresh``.
+
+    Each FP detection is paired with the quantized detection of the same class on the same image that overlaps
+    it most; it is ``found`` when that IoU is at least ``match_iou`` (a hit for AP50). Returns the two counts of
+    detections, the share of FP detections found, and over the found pairs their mean IoU and the mean
+    distance of their four edges in pixels (``edge_shift``); nan where nothing was found."""
+    ious, shifts, counts = [], [], {"fp_detections": 0, "detections": 0}
+    for fp, q in zip(fp_outputs, q_outputs, strict=True):
+        keep_fp, keep_q = fp["scores"] >= score_thresh, q["scores"] >= score_thresh
+        fp_boxes, q_boxes = fp["boxes"][keep_fp], q["boxes"][keep_q]
+        counts["fp_detections"] += len(fp_boxes)
+        counts["detections"] += len(q_boxes)
+        if not len(fp_boxes) or not len(q_boxes):
+            continue
+        same_class = fp["labels"][keep_fp][:, None] == q["labels"][keep_q][None, :]
+        best, match = (box_iou(fp_boxes, q_boxes) * same_class).max(dim=1)
+        hit = best >= match_iou
+        ious.append(best[hit])
+        shifts.append((fp_boxes[hit] - q_boxes[match[hit]]).abs().mean(dim=1))
+    found = torch.cat(ious) if ious else torch.zeros(0)
+    edges = torch.cat(shifts) if shifts else torch.zeros(0)
+    nan = float("nan")
+    return {
+        **counts,
+        "found": len(found) / counts["fp_detections"] if counts["fp_detections"] else nan,
+        "iou": found.mean().item() if len(found) else nan,
+        "edge_shift": edges.mean().item() if len(edges) else nan,
+    }
 
 
 def detector_parts(qmodel: nn.Module) -> dict[str, set[str]]:

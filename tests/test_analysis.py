@@ -89,6 +89,43 @@ def test_part_costs_measure_each_part_against_its_own_reference():
     assert costs["all but"] == {"backbone": 15.0, "box branch": 1.0}  # against everything quantized
 
 
+def test_branch_costs_measure_each_branch_against_nothing_quantized():
+    cases = {"none": {"AP": 70.0, "AP50": 90.0}, "class": {"AP": 66.0, "AP50": 80.0}, "box": {"AP": 60.0, "AP50": 88.0}}
+    costs = analysis.branch_costs({"W2A4": cases, "W3A3": {**cases, "box": cases["none"]}}, metrics=("AP", "AP50"))
+    assert costs[("W2A4", "AP")] == {"class": 4.0, "box": 10.0}
+    assert costs[("W2A4", "AP50")] == {"class": 10.0, "box": 2.0}
+    assert costs[("W3A3", "AP")] == {"class": 4.0, "box": 0.0}
+
+
+def _detections(boxes: list[list[float]], labels: list[int], scores: list[float]) -> dict:
+    boxes = torch.tensor(boxes, dtype=torch.float).reshape(-1, 4)
+    return {"boxes": boxes, "labels": torch.tensor(labels, dtype=torch.long), "scores": torch.tensor(scores)}
+
+
+def test_box_drift_pairs_each_float_box_with_the_same_class_box_that_overlaps_it_most():
+    fp = [_detections([[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60]], [1, 2, 3], [0.9, 0.9, 0.9])]
+    q = [
+        _detections(
+            [[1, 0, 11, 10], [20, 20, 40, 40], [50, 50, 60, 60], [0, 0, 10, 10], [50, 50, 60, 60]],
+            [1, 1, 3, 2, 3],  # the exact copy of box 1 has the wrong class; box 2's copy too
+            [0.8, 0.8, 0.9, 0.9, 0.4],  # the last one scores under the threshold
+        )
+    ]
+    drift = analysis.box_drift(fp, q)
+    assert (drift["fp_detections"], drift["detections"]) == (3, 4)
+    assert drift["found"] == pytest.approx(2 / 3)  # box 2 has no same-class partner
+    assert drift["iou"] == pytest.approx((9 * 10 / (11 * 10) + 1) / 2)
+    assert drift["edge_shift"] == pytest.approx((0.5 + 0) / 2)  # two edges moved by 1 pixel, then none
+
+
+def test_box_drift_of_a_detector_that_finds_nothing_is_nan_not_an_error():
+    fp = [_detections([[0, 0, 10, 10]], [1], [0.9])]
+    drift = analysis.box_drift(fp, [_detections([], [], [])])
+    assert drift["found"] == 0 and drift["detections"] == 0
+    assert torch.isnan(torch.tensor(drift["iou"])) and torch.isnan(torch.tensor(drift["edge_shift"]))
+    assert analysis.box_drift(fp, fp)["edge_shift"] == 0
+
+
 def test_llaq_drift_sees_channels_that_move_apart(fp_model):
     from regptq_lite.llaq import llaq_of
     from regptq_lite.qmodel import quant_layers, quantize_detector
