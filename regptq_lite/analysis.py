@@ -13,7 +13,10 @@
 - ``part_quantization``: where a calibrated detector loses its AP: each part (backbone, neck, class
   branch, box branch) quantized alone, and everything but that part quantized;
 - ``part_costs``: from those rows, the AP each part costs on its own and the AP leaving it float wins back;
-- ``part_sizes``: how many layers and weights each part holds.
+- ``part_sizes``: how many layers and weights each part holds;
+- ``llaq_channel_params``, ``rounding_gradients``: one LLAQ grid's per-channel parameters, and which of them
+  get a gradient under each way of rounding the exponent;
+- ``llaq_drift``: how far calibration moved each LLAQ layer's grid.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from .coco_eval import evaluate
-from .llaq import LogAffineQuantizer, llaq_of
+from .llaq import PARAMS, LogAffineQuantizer, LogAffineTuner, llaq_of, psi
 from .observe import init_quantizers, layer_inputs
 from .qmodel import quant_layers, quantize_detector, set_quant
 from .scenes import SceneSet
@@ -220,6 +223,29 @@ def part_sizes(qmodel: nn.Module) -> dict[str, dict[str, int]]:
         part: {"layers": len(names), "weights": sum(qmodel.get_submodule(n).layer.weight.numel() for n in names)}
         for part, names in detector_parts(qmodel).items()
     }
+
+
+def llaq_channel_params(grid: LogAffineQuantizer) -> dict[str, list[float]]:
+    """An LLAQ grid's (m, k_pos, a_pos, k_neg, a_neg), one value per output channel."""
+    return {name: getattr(grid, name).detach().flatten().tolist() for name in PARAMS}
+
+
+def rounding_gradients(
+    grid: LogAffineQuantizer, weight: torch.Tensor, noise: float = 0.01, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Which of the grid's offsets (``LogAffineTuner``'s ``da_pos``, ``dk_pos``, ``dm``) get a gradient, per
+    way of rounding the exponent (``"nearest"``, straight-through; ``"learned"``): the summed |gradient| of the
+    squared error against the weight plus Gaussian noise of std ``noise``, over the weights that no clamp
+    touches (exponent more than half a code inside the grid's range)."""
+    exponent = psi(weight, weight >= grid.m, grid.grid())
+    unclamped = (exponent > 0.5) & (exponent < grid.emax - 0.5)
+    target = weight + noise * torch.randn(weight.shape, generator=torch.Generator().manual_seed(seed))
+    grads = {}
+    for rounding in ("nearest", "learned"):
+        tuner = LogAffineTuner(grid, weight, rounding)
+        ((tuner(weight) - target).pow(2) * unclamped).sum().backward()
+        grads[rounding] = {name: getattr(tuner, name).grad.abs().sum().item() for name in ("da_pos", "dk_pos", "dm")}
+    return grads
 
 
 def llaq_drift(qmodel: nn.Module) -> list[dict]:

@@ -4,7 +4,8 @@
 offsets that turn codes back into values, and the quantizer kind; ``save_integer`` writes it
 atomically. ``integer_conv`` recomputes a layer's output from those codes with integer
 arithmetic (int64 matrix products; for LLAQ in its shift form, bit shifts and a small lookup)
-plus a float rescale per output channel, which is what a deployment kernel would do.
+plus a float rescale per output channel, which is what a deployment kernel would do; ``shift_form_layer``
+gives one head conv in LLAQ's shift form to try it on.
 
 LLAQ's shift form (``LogAffineQuantizer.snap_k_``, ``snap_m_``): with k = 2^j a level is
 2^(-a/k) * 2^(e/k), and 2^(e/k) is a shift by e >> j times a lookup of 2^(r/k) for the j low bits r
@@ -23,7 +24,7 @@ from torch import nn
 
 from .atomic import write_atomic
 from .llaq import M_FRACTION_BITS, PARAMS, LogAffineQuantizer, llaq_of
-from .qmodel import QuantLayer, quant_layers
+from .qmodel import QuantLayer, quant_layers, quantize_detector, set_quant
 from .quantizers import UniformQuantizer
 
 LUT_BITS = 16  # fraction bits of the shift form's lookup of 2^(r/k)
@@ -82,6 +83,21 @@ def save_integer(qmodel: nn.Module, path: str | Path) -> Path:
 def _int_matmul(cols: torch.Tensor, weight_int: torch.Tensor) -> torch.Tensor:
     """(N, K, L) int64 columns times (C, K) int64 weights -> (N, C, L) int64."""
     return torch.einsum("ck,nkl->ncl", weight_int, cols)
+
+
+def shift_form_layer(model: nn.Module, name: str, wbits: int, abits: int, x: torch.Tensor) -> QuantLayer:
+    """The conv ``name`` of ``model`` quantized with LLAQ weights in the shift form (the MSE search, then
+    ``snap_k_`` and ``snap_m_``) and activations initialised on ``x``, quantization on: a layer that
+    ``integer_conv`` recomputes."""
+    qmodel = quantize_detector(model, wbits, abits, head_weight_kind="llaq")
+    layer = qmodel.get_submodule(name)
+    if not isinstance(layer, QuantLayer) or llaq_of(layer.wq) is None:
+        raise ValueError(f"{name} is not a layer with LLAQ weights; expected a head tower conv")
+    layer.wq.init(layer.layer.weight.detach())
+    layer.wq.snap_k_().snap_m_()
+    layer.aq.init(x)
+    set_quant(qmodel, weights=True, activations=True)
+    return layer
 
 
 def is_shift_form(grid: LogAffineQuantizer) -> bool:

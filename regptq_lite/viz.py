@@ -208,6 +208,18 @@ def plot_drift(
     return fig
 
 
+def plot_channel_levels(grids: dict[str, torch.Tensor], title: str) -> plt.Figure:
+    """The levels of one channel under a few grids, one row each (e.g. ``{"searched k": q.levels(0), ...}``)."""
+    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.6 * len(grids)))
+    rows = list(grids)[::-1]  # the first grid on top
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ax.eventplot([grids[r].numpy() for r in rows], lineoffsets=range(len(rows)), colors=colours[: len(rows)][::-1])
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def plot_filter(
     image, fp_boxes: torch.Tensor, q_boxes: torch.Tensor, confident: torch.Tensor, keep: torch.Tensor
 ) -> plt.Figure:

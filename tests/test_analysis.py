@@ -139,3 +139,33 @@ def test_llaq_drift_sees_channels_that_move_apart(fp_model):
     row = next(r for r in analysis.llaq_drift(qmodel) if r["layer"] == name and r["side"] == "pos")
     assert row["a_learned"] == pytest.approx(row["a_init"], abs=1e-5)
     assert row["a_moved"] == pytest.approx(1.0, abs=1e-5)
+
+
+def _tower_weight(fp_model) -> torch.Tensor:
+    return fp_model.get_submodule("head.regression_head.conv.3.0").weight.detach()
+
+
+def test_llaq_channel_params_give_five_numbers_per_output_channel(fp_model):
+    from regptq_lite.llaq import PARAMS, LogAffineQuantizer
+
+    weight = _tower_weight(fp_model)
+    grid = LogAffineQuantizer(4, channel_axis=0)
+    grid.init(weight)
+    params = analysis.llaq_channel_params(grid)
+    assert list(params) == list(PARAMS)
+    assert all(len(values) == weight.shape[0] for values in params.values())
+    assert params["m"] == grid.m.flatten().tolist()
+
+
+def test_straight_through_rounding_gives_a_no_gradient_from_unclamped_weights_and_learned_rounding_does(fp_model):
+    from regptq_lite.llaq import LogAffineQuantizer
+
+    weight = _tower_weight(fp_model)
+    grid = LogAffineQuantizer(4, channel_axis=0)
+    grid.init(weight)
+    before = analysis.llaq_channel_params(grid)
+    grads = analysis.rounding_gradients(grid, weight, seed=1)
+    assert grads["nearest"]["da_pos"] == 0 and grads["learned"]["da_pos"] > 0
+    assert grads["nearest"]["dm"] > 0 and grads["learned"]["dk_pos"] > 0
+    assert grads == analysis.rounding_gradients(grid, weight, seed=1)  # seeded
+    assert analysis.llaq_channel_params(grid) == before  # the grid itself is left as it was

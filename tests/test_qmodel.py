@@ -132,6 +132,19 @@ def test_integer_recomputation_matches_fake_quant(images, kind):
     assert torch.allclose(integer_conv(layer, x), fake, atol=1e-4, rtol=1e-4)
 
 
+def test_a_shift_form_layer_is_recomputed_by_integer_arithmetic_and_only_llaq_layers_qualify():
+    from regptq_lite.export import is_shift_form, shift_form_layer
+
+    fp = build_model("tiny_retinanet")[0].eval()
+    x = torch.rand(2, 64, 8, 8, generator=torch.Generator().manual_seed(0))
+    layer = shift_form_layer(fp, "head.regression_head.conv.3.0", 3, 4, x)
+    assert is_shift_form(layer.wq) and layer.wq.bits == 3
+    with torch.no_grad():
+        assert torch.allclose(integer_conv(layer, x), layer(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="not a layer with LLAQ weights"):
+        shift_form_layer(fp, "backbone.stem.conv", 3, 4, x)
+
+
 def test_integer_recomputation_refuses_llaq_outside_the_shift_form(images):
     fp = build_model("tiny_retinanet")[0].eval()
     qmodel = quantize_detector(fp, 4, 4, head_weight_kind="llaq")
