@@ -16,7 +16,8 @@
 - ``part_sizes``: how many layers and weights each part holds;
 - ``llaq_channel_params``, ``rounding_gradients``: one LLAQ grid's per-channel parameters, and which of them
   get a gradient under each way of rounding the exponent;
-- ``llaq_drift``: how far calibration moved each LLAQ layer's grid.
+- ``llaq_drift``: how far calibration moved each LLAQ layer's grid;
+- ``regularizer_curve``: AdaRound's regulariser of one rounding against its soft value h.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .coco_eval import evaluate
 from .llaq import PARAMS, LogAffineQuantizer, LogAffineTuner, llaq_of, psi
 from .observe import init_quantizers, layer_inputs
 from .qmodel import quant_layers, quantize_detector, set_quant
+from .quantizers import LearnedRounding
 from .scenes import SceneSet
 from .toy import distribution_stats, noise
 
@@ -273,3 +275,13 @@ def llaq_drift(qmodel: nn.Module) -> list[dict]:
                 }
             )
     return rows
+
+
+def regularizer_curve(betas: tuple[float, ...] = (20, 8, 2), points: int = 201) -> dict[float, tuple[list, list]]:
+    """Per beta, ``(h, regulariser)`` on ``points`` values of h from 0 to 1: ``LearnedRounding.regularizer`` of
+    one rounding that starts at each h."""
+    h = torch.linspace(0, 1, points)
+    return {
+        beta: (h.tolist(), [LearnedRounding(value.reshape(1)).regularizer(beta).item() for value in h])
+        for beta in betas
+    }

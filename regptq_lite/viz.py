@@ -220,6 +220,30 @@ def plot_channel_levels(grids: dict[str, torch.Tensor], title: str) -> plt.Figur
     return fig
 
 
+def plot_regularizer_curve(curve: dict[float, tuple[list, list]]) -> plt.Figure:
+    """AdaRound's regulariser against h, one line per beta (``analysis.regularizer_curve``)."""
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    for beta, (h, values) in curve.items():
+        ax.plot(h, values, label=f"beta = {beta:g}")
+    ax.set(xlabel="h", ylabel="1 - |2h - 1|^beta", title="AdaRound's regulariser, per weight")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_unit_losses(losses: list[float], nearest: float, learned: float, title: str) -> plt.Figure:
+    """A unit's local loss per iteration of soft rounding, against the loss of rounding to nearest and of the
+    learned rounding made hard."""
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    ax.plot(losses, lw=0.8, label="soft rounding (each iteration's batch)")
+    ax.axhline(nearest, color="black", ls=":", label="rounded to nearest")
+    ax.axhline(learned, color="C3", ls="--", label="learned rounding, hard")
+    ax.set(xlabel="iteration", ylabel="L_H", yscale="log", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def plot_filter(
     image, fp_boxes: torch.Tensor, q_boxes: torch.Tensor, confident: torch.Tensor, keep: torch.Tensor
 ) -> plt.Figure:

@@ -169,3 +169,11 @@ def test_straight_through_rounding_gives_a_no_gradient_from_unclamped_weights_an
     assert grads["nearest"]["dm"] > 0 and grads["learned"]["dk_pos"] > 0
     assert grads == analysis.rounding_gradients(grid, weight, seed=1)  # seeded
     assert analysis.llaq_channel_params(grid) == before  # the grid itself is left as it was
+
+
+def test_the_regularizer_curve_is_the_roundings_own_regularizer_zero_at_the_ends_and_one_in_the_middle():
+    curve = analysis.regularizer_curve(betas=(20, 2), points=5)
+    h, values = curve[2]
+    assert h == pytest.approx([0, 0.25, 0.5, 0.75, 1])
+    assert values == pytest.approx([0, 0.75, 1, 0.75, 0], abs=1e-5)  # 1 - |2h - 1|^2
+    assert all(high >= low for high, low in zip(curve[20][1], values))  # a larger beta: flatter, higher

@@ -565,13 +565,6 @@ def test_a_run_made_twice_shows_both_aps_and_their_range():
     assert reruns({"bench.json": results["bench.json"]}).empty
 
 
-def test_the_levels_plot_draws_one_row_per_grid_first_on_top():
-    fig = viz.plot_channel_levels({"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([-1.0, 0.5, 2.0])}, "title")
-    ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["b", "a"]  # from the bottom up
-    assert [len(c.get_positions()) for c in ax.collections] == [3, 2]
-
-
 def test_the_bits_plot_zooms_on_the_reconstruction_rows_beside_every_row():
     means = pd.DataFrame({"W2A4": [15.3, 64.4], "W4A4": [68.1, 68.6]}, index=["naive", "regptq"])
     fig = viz.plot_bench_bits(means, fp_ap=71.0)
