@@ -362,6 +362,11 @@ def unit_seconds(result: dict, method: str = REGPTQ, baseline: str = "brecq") ->
     return out.reset_index()
 
 
+def relative_spread(per_unit: pd.DataFrame, columns: tuple[str, ...] = ("brecq s", "extra s")) -> dict[str, float]:
+    """Of ``unit_seconds``' columns: how much each varies from unit to unit, its standard deviation over its mean."""
+    return {column: per_unit[column].std() / per_unit[column].mean() for column in columns}
+
+
 def rounding_decided(result: dict, row: str = REGPTQ) -> pd.DataFrame:
     """Per unit of ``row``'s runs in the methods table: the share of learned roundings still inside
     (0.05, 0.95) when soft rounding ended (mean and max over runs) and the L_G scale c."""

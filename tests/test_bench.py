@@ -47,6 +47,7 @@ from regptq_lite.bench_tables import (
     methods_table,
     qdrop_parts,
     qdrop_parts_sentence,
+    relative_spread,
     reruns,
     seconds_left,
     step_size_distance,
@@ -182,6 +183,8 @@ def test_unit_seconds_pair_each_unit_of_reg_ptq_with_brecqs_at_the_same_setting_
     assert table["unit"].tolist() == ["stem", "head"]
     assert table["extra s"].tolist() == [6.0, 1.0] and table["regptq s"].tolist() == [16.0, 5.0]
     assert unit_seconds(_result([_run("methods", "brecq", 2, 4, 0, 30.0)])).empty
+    spread = relative_spread(table)  # brecq s 10, 4 (mean 7); extra s 6, 1 (mean 3.5)
+    assert spread["brecq s"] == pytest.approx(18**0.5 / 7) and spread["extra s"] == pytest.approx(12.5**0.5 / 3.5)
     cheaper = [_run("cadence", "L_G on 2 images", 2, 4, 0, 31.0, units=units(12.0, 4.5))]
     assert unit_seconds(_result(runs + cheaper), "L_G on 2 images")["extra s"].tolist() == [2.0, 0.5]
 
