@@ -71,12 +71,14 @@ def calibration_modules(root: str = "methods") -> list[Path]:
     return sorted(package / f"{name}.py" for name in seen)
 
 
-# Modules that ``methods`` reaches but no number passes through: one writes files, one draws progress bars.
-NO_NUMBERS = ("atomic", "progress")
+# Modules that ``methods`` reaches but no bench number passes through: one writes files, one draws progress
+# bars, and one reads real COCO folders for torchvision's detectors, which the bench (tiny detectors on the
+# scenes) never calls (test_bench checks that a bench run works with it switched off).
+NO_NUMBERS = ("atomic", "progress", "coco_folder")
 
 
 def code_fingerprint() -> str:
-    """A hash of everything a calibration's numbers depend on: the modules that ``methods`` reaches
+    """A hash of everything a bench run's numbers depend on: the modules that ``methods`` reaches
     (``calibration_modules``) except ``NO_NUMBERS``, the shipped checkpoints and the torch version. Two runs
     with the same settings and fingerprint compute the same numbers on one machine at one torch thread count,
     whatever commit they ran at; across CPUs and thread counts they may not (notebook 05 shows by how much)."""

@@ -18,6 +18,7 @@ from regptq_lite.bench import (
     CALIB_IMAGES,
     CURVE_ITERS,
     CURVE_METHODS,
+    FAST,
     FILTER_GRID,
     LG_COST,
     QDROP_PARTS,
@@ -526,12 +527,27 @@ def test_the_fingerprint_follows_computing_code_not_presentation(tmp_path, monke
     (tmp_path / "data").mkdir()
     monkeypatch.setattr(provenance, "REPO", tmp_path)
     before = provenance.code_fingerprint()
-    assert {"atomic", "progress"} <= {path.stem for path in provenance.calibration_modules()}
-    for presentation in ("viz.py", "atomic.py", "progress.py"):  # atomic and progress: reached, but no numbers
+    assert {"atomic", "progress", "coco_folder"} <= {path.stem for path in provenance.calibration_modules()}
+    for presentation in ("viz.py", "atomic.py", "progress.py", "coco_folder.py"):  # the last three: reached, no numbers
         (package / presentation).write_text((package / presentation).read_text() + "\n# a comment\n")
     assert provenance.code_fingerprint() == before
     (package / "recon.py").write_text((package / "recon.py").read_text() + "\n# a comment\n")
     assert provenance.code_fingerprint() != before
+
+
+def test_a_bench_run_never_calls_coco_folder_which_the_fingerprint_leaves_out(monkeypatch):
+    from regptq_lite import coco_folder
+
+    importers = {p.stem for p in provenance.calibration_modules() if "coco_folder" in provenance._imports(p)}
+    assert importers == {"methods"}  # its only caller, which calls it for torchvision's detectors only
+
+    def off(*args, **kwargs):
+        raise AssertionError("a bench run called coco_folder")
+
+    monkeypatch.setattr(coco_folder.CocoFolder, "__init__", off)
+    monkeypatch.setattr(coco_folder, "category_map", off)
+    spec = next(s for s in plan(FAST["iters"], fast=True) if s["method"] == "regptq")
+    assert bench._calibrate(spec, FAST["calib_images"], "tiny_retinanet")["AP"] >= 0
 
 
 def test_results_do_not_make_the_commit_dirty(tmp_path, monkeypatch):
