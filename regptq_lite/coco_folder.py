@@ -13,6 +13,7 @@ The paper calibrates on COCO train2017; here the calibration images are the fold
 from __future__ import annotations
 
 import json
+import math
 from functools import cached_property
 from pathlib import Path
 
@@ -26,6 +27,46 @@ from .scenes import to_tensor
 ANNOTATIONS = Path("annotations") / "instances_val2017.json"
 IMAGES = Path("val2017")
 COCO_LABELS: list[str] = list(RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"])
+IMAGE_FIELDS = ("id", "file_name")
+CATEGORY_FIELDS = ("id", "name")
+ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")  # what pycocotools reads
+
+
+def _entries(data: dict, key: str, fields: tuple[str, ...], where: Path) -> None:
+    """Every entry of ``data[key]`` is an object with ``fields``; else one error naming the first that is not."""
+    for i, entry in enumerate(data[key]):
+        if not isinstance(entry, dict) or not all(field in entry for field in fields):
+            raise ValueError(f"{where}: {key}[{i}] needs the fields {', '.join(fields)}")
+
+
+def _is_box(bbox: object) -> bool:
+    """A COCO box: [x, y, width, height], four finite numbers, width and height not negative."""
+    if not (isinstance(bbox, list) and len(bbox) == 4):
+        return False
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in bbox):
+        return False
+    return bbox[2] >= 0 and bbox[3] >= 0
+
+
+def check_instances(data: dict, where: Path) -> None:
+    """The parts of a COCO instances file that evaluation reads, checked before any work starts (pycocotools
+    would fail on them only at the end of a run): every image, category and annotation has its fields,
+    every box is [x, y, width, height], every annotation's category is listed. One error names the first
+    entry that is not so."""
+    for key, fields in (("images", IMAGE_FIELDS), ("categories", CATEGORY_FIELDS), ("annotations", ANNOTATION_FIELDS)):
+        _entries(data, key, fields, where)
+    categories = {category["id"] for category in data["categories"]}
+    for annotation in data["annotations"]:
+        if not _is_box(annotation["bbox"]):
+            raise ValueError(
+                f"{where}: annotation {annotation['id']} has bbox {annotation['bbox']!r}; expected"
+                " [x, y, width, height] with width and height >= 0"
+            )
+        if annotation["category_id"] not in categories:
+            raise ValueError(
+                f"{where}: annotation {annotation['id']} has category_id {annotation['category_id']!r}, which is not"
+                " among the file's categories"
+            )
 
 
 def category_map(categories: list[dict]) -> dict[int, int]:
@@ -66,6 +107,9 @@ class CocoFolder:
         keys = ("images", "annotations", "categories")
         if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys):
             raise ValueError(f"{annotations} is not a COCO instances file (needs images, annotations, categories)")
+        check_instances(data, annotations)
+        if not data["images"]:
+            raise ValueError(f"{annotations} lists no images")
         records = sorted(data["images"], key=lambda r: r["id"])
         self.label_to_category = {label: cid for cid, label in category_map(data["categories"]).items()}
         if calib_images >= len(records):
@@ -76,6 +120,14 @@ class CocoFolder:
         self._eval = evaluation[:max_images] if max_images is not None else evaluation
         self._calib = records[len(records) - calib_images :] if calib_images else []
         self._data = data
+        missing = [
+            r["file_name"] for r in self._eval + self._calib if not (self.root / IMAGES / r["file_name"]).is_file()
+        ]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} image(s) listed in {annotations} are missing from {self.root / IMAGES},"
+                f" e.g. {missing[0]}"
+            )
 
     def __len__(self) -> int:
         return len(self._eval)
@@ -86,7 +138,7 @@ class CocoFolder:
 
     def _read(self, record: dict) -> np.ndarray:
         path = self.root / IMAGES / record["file_name"]
-        if not path.is_file():
+        if not path.is_file():  # removed since the folder was opened
             raise FileNotFoundError(f"image listed in the annotations is missing: {path}")
         with Image.open(path) as image:
             return np.array(image.convert("RGB"))

@@ -1,6 +1,10 @@
 """The real-detector path: a COCO-format folder, torchvision's category labels, torchvision models."""
 
 import json
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,6 +140,68 @@ def test_bad_folders_are_clear_errors(tmp_path, annotations, images, message):
         (tmp_path / IMAGES).mkdir()
     with pytest.raises((FileNotFoundError, ValueError), match=message):
         CocoFolder(tmp_path)
+
+
+def _broken_copy(tmp_path, coco_root, change) -> Path:
+    """A copy of the folder whose annotation file ``change`` edits in place."""
+    root = tmp_path / "broken"
+    shutil.copytree(coco_root, root)
+    data = json.loads((root / ANNOTATIONS).read_text())
+    change(data)
+    (root / ANNOTATIONS).write_text(json.dumps(data))
+    return root
+
+
+def _set(entries: str, field: str, value) -> Callable[[dict], None]:
+    def change(data: dict) -> None:
+        data[entries][0][field] = value
+
+    return change
+
+
+def _drop(entries: str, field: str) -> Callable[[dict], None]:
+    return lambda data: data[entries][0].pop(field)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda data: data["images"].clear(), "lists no images"),
+        (_drop("images", "file_name"), "images[0] needs the fields id, file_name"),
+        (_drop("categories", "name"), "categories[0] needs the fields id, name"),
+        (
+            _drop("annotations", "area"),
+            "annotations[0] needs the fields id, image_id, category_id, bbox, area, iscrowd",
+        ),
+        (_drop("annotations", "iscrowd"), "annotations[0] needs the fields"),
+        (lambda data: data["annotations"].__setitem__(0, "box"), "annotations[0] needs the fields"),
+        (_set("annotations", "bbox", [1, 2, 3]), "annotation 1 has bbox [1, 2, 3]; expected [x, y, width, height]"),
+        (_set("annotations", "bbox", [1, 2, -3, 4]), "annotation 1 has bbox [1, 2, -3, 4]"),
+        (_set("annotations", "bbox", ["1", 2, 3, 4]), "annotation 1 has bbox ['1', 2, 3, 4]"),
+        (_set("annotations", "category_id", 7), "annotation 1 has category_id 7, which is not among the file's"),
+    ],
+)
+def test_a_malformed_instances_file_is_refused_when_the_folder_opens(tmp_path, coco_root, change, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        CocoFolder(_broken_copy(tmp_path, coco_root, change))
+
+
+def test_missing_images_are_refused_when_the_folder_opens_not_when_read(tmp_path, coco_root):
+    root = _broken_copy(tmp_path, coco_root, lambda data: None)
+    last = sorted((root / IMAGES).iterdir())[-1]
+    last.unlink()
+    with pytest.raises(FileNotFoundError, match=f"1 image\\(s\\) listed in .* are missing .*, e.g. {last.name}"):
+        CocoFolder(root)
+    with pytest.raises(FileNotFoundError, match="1 image"):
+        CocoFolder(root, calib_images=1)  # a calibration image
+    assert len(CocoFolder(root, max_images=2)) == 2  # the images a run reads are all there
+
+
+def test_a_malformed_folder_is_one_line_before_the_detector_is_built(capsys, tmp_path, coco_root):
+    root = _broken_copy(tmp_path, coco_root, _drop("annotations", "area"))
+    result = run_in_process(capsys, "eval", "--model", "retinanet_resnet50_fpn", "--weights", "random",
+                            "--coco-root", root)  # fmt: skip
+    assert_clean_error(result, "annotations[0] needs the fields")
 
 
 def test_calibration_images_must_leave_evaluation_images(coco_root):
