@@ -351,7 +351,7 @@ def _cmd_student(args: argparse.Namespace) -> None:
     from .outputs import check_student_out
 
     check_student_out(args.out, default=STUDENT_DIR, force=args.force)
-    for path in write_students(args.out):
+    for path in write_students(args.out, hints=args.hints):
         print(f"wrote {path}")
 
 
@@ -485,7 +485,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_report)
 
     p = sub.add_parser("student", help="write student copies of the notebooks (solutions removed)")
-    p.add_argument("--out", type=_path, default=STUDENT_DIR)
+    p.add_argument("--out", type=_path, default=STUDENT_DIR, help="output folder (default: student/)")
+    p.add_argument(
+        "--hints",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="whether a failed check shows the formula (--no-hints: only the mistake, for graded work)",
+    )
     _force_argument(p, "existing student copies in --out")
     p.set_defaults(run=_cmd_student)
     return parser

@@ -192,17 +192,26 @@ def clean(nb: NotebookNode) -> NotebookNode:
     return nb
 
 
-def student_copy(path: Path, out: Path) -> Path:
-    """Write the student version of ``path`` to ``out``: solutions and written answers replaced, outputs cleared."""
+HINTS_OFF = "checks.set_hints(False)  # set by your instructor: a failed check names the mistake, not the formula"
+
+
+def student_copy(path: Path, out: Path, hints: bool = True) -> Path:
+    """Write the student version of ``path`` to ``out``: solutions and written answers replaced, outputs cleared;
+    without ``hints``, the imports cell (the one that imports ``checks``) ends with ``HINTS_OFF``."""
     import nbformat
 
     nb = clean(nbformat.read(path, as_version=4))
     for cell in nb.cells:
         cell.source = strip_solutions(cell.source, cell.cell_type)
+    if not hints:
+        imports = next(c for c in nb.cells if c.cell_type == "code" and "from regptq_lite import" in c.source)
+        if not re.search(r"from regptq_lite import .*\bchecks\b", imports.source):
+            raise NotebookError(f"{path.name}: its imports cell does not import checks")
+        imports.source = imports.source.rstrip() + "\n" + HINTS_OFF
     return write_atomic(out, lambda tmp: nbformat.write(nb, str(tmp)))
 
 
-def write_students(out_dir: Path, folder: Path = NOTEBOOKS_DIR) -> list[Path]:
+def write_students(out_dir: Path, folder: Path = NOTEBOOKS_DIR, hints: bool = True) -> list[Path]:
     """Student copies of every master notebook in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [student_copy(p, out_dir / p.name) for p in notebooks(folder)]
+    return [student_copy(p, out_dir / p.name, hints) for p in notebooks(folder)]

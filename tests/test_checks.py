@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from regptq_lite import checks, recon
+from regptq_lite.checks.core import NO_HINT
 from regptq_lite.fgic import box_filter
 
 # Reference solutions, as in the master notebooks; their keyword arguments make the typical mistakes -------
@@ -258,6 +259,19 @@ def test_a_wrong_shape_or_type_is_said():
 def test_an_unknown_mistake_gets_off_by_and_a_hint():
     with pytest.raises(checks.CheckFailed, match=r"off by up to .*s = clip / 2\^\(b-1\)"):
         checks.uniform_fake_quant(lambda w, bits, clip: fake_quant(w, bits, clip) * 1.01)
+
+
+def test_with_hints_off_a_wrong_answer_is_not_shown_the_formula(capsys):
+    checks.set_hints(False)
+    try:
+        with pytest.raises(checks.CheckFailed) as failed:
+            checks.uniform_fake_quant(lambda w, bits, clip: fake_quant(w, bits, clip) * 1.01)
+        with pytest.raises(checks.CheckFailed, match="floor instead of to nearest"):  # a known mistake: still named
+            checks.uniform_fake_quant(lambda w, bits, clip: fake_quant(w, bits, clip, rounding=torch.floor))
+    finally:
+        checks.set_hints(True)
+    assert "off by up to" in str(failed.value) and "clip / 2^(b-1)" not in str(failed.value)
+    assert str(failed.value).endswith(NO_HINT)
 
 
 def test_the_check_leaves_the_notebook_random_state_alone():

@@ -100,6 +100,24 @@ def test_student_copies_replace_written_answers(tmp_path):
     assert "The error doubles." not in "\n".join(sources)
 
 
+def test_student_copies_without_hints_turn_the_checks_hints_off_in_their_imports_cell(tmp_path):
+    from regptq_lite.notebooks_io import HINTS_OFF, NotebookError
+
+    for master in notebooks():
+        copy = nbformat.read(student_copy(master, tmp_path / master.name, hints=False), as_version=4)
+        imports = [cell.source for cell in copy.cells if HINTS_OFF in cell.source]
+        assert len(imports) == 1 and imports[0].endswith(HINTS_OFF) and "from regptq_lite import" in imports[0]
+        with_hints = nbformat.read(student_copy(master, tmp_path / "with.ipynb"), as_version=4)
+        assert not any(HINTS_OFF in cell.source for cell in with_hints.cells)
+    no_checks = tmp_path / "07_example.ipynb"
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("from regptq_lite import viz")]), no_checks
+    )
+    with pytest.raises(NotebookError, match="07_example.ipynb: its imports cell does not import checks"):
+        student_copy(no_checks, tmp_path / "out.ipynb", hints=False)
+    assert not (tmp_path / "out.ipynb").exists()
+
+
 def _nbgrader(course, *args: str) -> None:
     """Run ``nbgrader ARGS`` in the course folder."""
     done = subprocess.run(

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,3 +102,16 @@ def test_toy_json_has_the_documented_fields(capsys):
             assert [r[0] for r in rows] == out["sigmas"]
         assert set(out["scale"][model]) >= {"mse_opt", "task_opt"}
         assert isinstance(out["kurtosis"][model], float)
+    # README's table of the toy study quotes this output; the figures that do not depend on --draws must match it
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+
+    def quoted(row: str) -> list[list[float]]:
+        line = next(line for line in readme.splitlines() if line.startswith(f"| {row}"))
+        return [[float(v) for v in cell.split(" / ")] for cell in line.strip("|").split("|")[1:]]
+
+    for column, model in enumerate(("regressor", "classifier")):
+        scale = out["scale"][model]
+        assert quoted("INT4 clip ratio")[column] == pytest.approx([scale["mse_opt"], scale["task_opt"]], abs=1e-9)
+        measured = [scale["rank_corr"][k] for k in ("weight_mse", "fisher", "hessian")]
+        assert quoted("rank correlation")[column] == pytest.approx(measured, abs=0.005)
+        assert quoted("excess kurtosis")[column] == pytest.approx([out["kurtosis"][model]], abs=0.005)

@@ -3,7 +3,7 @@ machinery every check shares), ``quantization`` (notebooks 01-02), ``boxes`` (03
 and ``reconstruction`` (06). ``ALL`` maps each exercise to its check."""
 
 from .boxes import box_decode
-from .core import CheckFailed
+from .core import CheckFailed, set_hints
 from .fgic import filter_mask, global_loss
 from .llaq import learned_exponent, llaq_forward, snap_k
 from .quantization import laplace_fit, uniform_fake_quant
@@ -35,6 +35,7 @@ __all__ = [
     "llaq_forward",
     "reconstruct_unit",
     "rounding_regularizer",
+    "set_hints",
     "snap_k",
     "uniform_fake_quant",
 ]

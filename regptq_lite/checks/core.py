@@ -8,6 +8,10 @@ A check prints ``passed (...)`` and returns True, or prints ``not yet (...)`` wi
 NotImplementedError (a student copy before the exercise is done) stops the notebook there, as an unanswered
 exercise should; any other error in the student's function becomes a ``CheckFailed`` that names it.
 
+The hint gives the formula away; for graded work ``set_hints(False)`` keeps it back (``student --no-hints``
+writes that call into the copies): a wrong answer is then told which known mistake it makes, or how far off it
+is, and nothing more.
+
 This module holds what every check shares: ``CheckFailed``, ``Case`` and the helpers that run the student's
 function and judge its answer. The checks themselves live in one module per notebook topic.
 """
@@ -24,6 +28,16 @@ import torch
 
 class CheckFailed(AssertionError):
     """The student's answer is wrong; the message says how."""
+
+
+NO_HINT = "Compare your function, step by step, with the definition in the notebook."
+_hints = {"on": True}
+
+
+def set_hints(on: bool) -> None:
+    """Whether a wrong answer that matches no known mistake is shown the formula (on, the default) or only
+    ``NO_HINT`` (off: graded work)."""
+    _hints["on"] = on
 
 
 @dataclass(frozen=True)
@@ -96,7 +110,7 @@ def _verdict(name: str, got: object, case: Case, hint: str, rtol: float, atol: f
     for message, wrong in case.mistakes:
         if _mismatch(got, wrong, rtol, atol) is None:
             _fail(name, f"{case.what}: {message}")
-    _fail(name, f"{case.what}: {off}. {hint}")
+    _fail(name, f"{case.what}: {off}. {hint if _hints['on'] else NO_HINT}")
 
 
 def _run(name: str, fn: Callable, cases: list[Case], hint: str, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
