@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test browser report lab lint clean
+.PHONY: test browser report lab student-lab lint clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ report: $(STAMP)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
+
+# A class works in the copies without solutions; an existing student/ (a student's work) is left as it is.
+student-lab: $(STAMP)
+	[ -d student ] || $(PY) -m regptq_lite student
+	$(VENV)/bin/jupyter lab student/
 
 lint: $(STAMP)
 	$(PY) -m ruff check regptq_lite tests notebooks

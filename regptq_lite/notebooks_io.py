@@ -195,9 +195,9 @@ def clean(nb: NotebookNode) -> NotebookNode:
 HINTS_OFF = "checks.set_hints(False)  # set by your instructor: a failed check names the mistake, not the formula"
 
 
-def student_copy(path: Path, out: Path, hints: bool = True) -> Path:
-    """Write the student version of ``path`` to ``out``: solutions and written answers replaced, outputs cleared;
-    without ``hints``, the imports cell (the one that imports ``checks``) ends with ``HINTS_OFF``."""
+def _student_notebook(path: Path, hints: bool = True) -> NotebookNode:
+    """The student version of ``path``: solutions and written answers replaced, outputs cleared; without
+    ``hints``, the imports cell (the one that imports ``checks``) ends with ``HINTS_OFF``."""
     import nbformat
 
     nb = clean(nbformat.read(path, as_version=4))
@@ -208,7 +208,29 @@ def student_copy(path: Path, out: Path, hints: bool = True) -> Path:
         if not re.search(r"from regptq_lite import .*\bchecks\b", imports.source):
             raise NotebookError(f"{path.name}: its imports cell does not import checks")
         imports.source = imports.source.rstrip() + "\n" + HINTS_OFF
+    return nb
+
+
+def student_copy(path: Path, out: Path, hints: bool = True) -> Path:
+    """Write the student version of ``path`` (``_student_notebook``) to ``out``."""
+    import nbformat
+
+    nb = _student_notebook(path, hints)
     return write_atomic(out, lambda tmp: nbformat.write(nb, str(tmp)))
+
+
+def holds_work(copy: Path, folder: Path = NOTEBOOKS_DIR) -> bool:
+    """Whether a student copy's cells differ from a fresh copy of the master of its name in ``folder`` (with
+    or without hints): a student has worked in it, or it was made from an older master. False where no master
+    has its name (``student`` does not write it)."""
+    import nbformat
+
+    master = folder / copy.name
+    if not master.is_file():
+        return False
+    sources = [cell.source for cell in nbformat.read(copy, as_version=4).cells]
+    fresh = ([cell.source for cell in _student_notebook(master, hints).cells] for hints in (True, False))
+    return all(sources != cells for cells in fresh)
 
 
 def write_students(out_dir: Path, folder: Path = NOTEBOOKS_DIR, hints: bool = True) -> list[Path]:

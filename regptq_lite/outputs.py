@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .detectors import DATA_DIR, card_path
-from .notebooks_io import NOTEBOOKS_DIR, SOLUTION, STUB
+from .notebooks_io import NOTEBOOKS_DIR, SOLUTION, STUB, holds_work
 from .offline_math import FOLDER as MATHJAX_FOLDER
 from .offline_math import is_mathjax_copy
 
@@ -245,5 +245,12 @@ def check_report_out(folder: Path, default: Path, force: bool = False) -> None:
 
 
 def check_student_out(folder: Path, default: Path, force: bool = False) -> None:
-    """``student --out``: a folder of student copies."""
+    """``student --out``: a folder of student copies; one that holds a student's work (``holds_work``) is
+    replaced only with ``--force``, in the default folder too."""
     _check_folder_of(folder, "a student copy", is_student_copy, force, default)
+    worked = [path for path in sorted(folder.glob("*.ipynb")) if holds_work(path)] if folder.is_dir() else []
+    if worked and not force:
+        raise OutputError(
+            f"--out {folder}: {worked[0].name} differs from a fresh copy (a student's work, or an older master's "
+            "copy); --force replaces it"
+        )

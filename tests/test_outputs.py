@@ -178,6 +178,22 @@ def test_the_documented_overwrites_keep_working(tmp_path):
         check_student_out(NOTEBOOKS_DIR / "student", default=NOTEBOOKS_DIR / "student")
 
 
+def test_the_default_student_folder_is_rebuilt_only_where_no_student_has_worked(tmp_path, capsys):
+    out = tmp_path / "student"
+    assert main(["student", "--out", str(out), "--no-hints"]) == 0
+    check_student_out(out, default=out)  # fresh copies, with or without hints: rebuilt without --force
+    copy = out / notebooks()[0].name
+    nb = nbformat.read(copy, as_version=4)
+    stub = next(cell for cell in nb.cells if "raise NotImplementedError()" in cell.source)
+    stub.source = stub.source.replace(
+        "raise NotImplementedError()", "return x  # a first try\n    raise NotImplementedError()"
+    )
+    nbformat.write(nb, copy)  # one exercise begun, the others still stubs: still a student copy
+    with pytest.raises(OutputError, match=f"{copy.name} differs from a fresh copy .*; --force replaces it"):
+        check_student_out(out, default=out)
+    check_student_out(out, default=out, force=True)
+
+
 def test_report_replaces_its_copy_of_mathjax_and_no_other_folder_of_that_name(tmp_path):
     install_mathjax(tmp_path)
     check_report_out(tmp_path, default=tmp_path)
