@@ -190,6 +190,8 @@ WRONG = [
     ("fisher_local_loss", lambda *args: fisher_local_loss(*args, weight=lambda g: g), "g is not squared"),
     ("fisher_local_loss", lambda *args: fisher_local_loss(*args, channels=torch.mean), "mean over channels"),
     ("fisher_local_loss", lambda *args: fisher_local_loss(*args, weight=lambda g: 1), "no Fisher weight"),
+    ("fisher_local_loss", lambda *args: fisher_local_loss(*args).item(), "no gradient"),
+    ("rounding_regularizer", lambda *args: rounding_regularizer(*args).detach(), "no gradient"),
     ("rounding_regularizer", lambda *args: rounding_regularizer(*args, one_minus=False), 'the "1 -" is missing'),
     (
         "rounding_regularizer",

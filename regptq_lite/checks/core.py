@@ -113,7 +113,25 @@ def _verdict(name: str, got: object, case: Case, hint: str, rtol: float, atol: f
     _fail(name, f"{case.what}: {off}. {hint if _hints['on'] else NO_HINT}")
 
 
-def _run(name: str, fn: Callable, cases: list[Case], hint: str, rtol: float = 1e-4, atol: float = 1e-6) -> bool:
+def _require_gradient(name: str, what: str, got: object) -> None:
+    """Fail unless ``got`` is a tensor that gradients can flow through (a loss that calibration minimises)."""
+    if not (isinstance(got, torch.Tensor) and got.requires_grad):
+        _fail(name, f"{what}: the loss has no gradient (.item() or float()?); calibration needs a tensor")
+
+
+def _run(
+    name: str,
+    fn: Callable,
+    cases: list[Case],
+    hint: str,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+    differentiable: bool = False,
+) -> bool:
+    """Judge ``fn`` on every case; a ``differentiable`` answer (a loss) must also carry a gradient."""
     for case in cases:
-        _verdict(name, _call(name, fn, *case.args), case, hint, rtol, atol)
+        got = _call(name, fn, *case.args)
+        _verdict(name, got, case, hint, rtol, atol)
+        if differentiable:
+            _require_gradient(name, case.what, got)
     return _passed(name)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .. import fgic
 from ..fgic import THETA_C, THETA_I, box_filter, paired_iou
-from .core import Case, _call, _fail, _passed, _verdict
+from .core import Case, _call, _fail, _passed, _require_gradient, _verdict
 
 
 def filter_mask(fn: Callable[..., torch.Tensor]) -> bool:
@@ -120,10 +120,5 @@ def global_loss(fn: Callable[..., torch.Tensor]) -> bool:
         what = f"theta_C {tc}, theta_I {ti}"
         got = _call(name, fn, *args)
         _verdict(name, got, Case(args, want, what, mistakes), hint, 1e-4, 1e-7)
-        if not (isinstance(got, torch.Tensor) and got.requires_grad):
-            _fail(
-                name,
-                f"{what}: the loss has no gradient w.r.t. the quantized outputs (.item() or float()?); "
-                "calibration needs a tensor",
-            )
+        _require_gradient(name, what, got)
     return _passed(name)

@@ -31,9 +31,10 @@ def fisher_local_loss(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], t
             ("summed over everything; sum over channels, average over the rest", (err * grad**2).sum()),
             ("|out - target| instead of the squared error", ((out - target).abs() * grad**2).sum(1).mean()),
         ]
-        cases.append(Case((out, target, grad), want, f"outputs of shape {shape}", mistakes))
+        # the unit's output carries a gradient, as in calibration
+        cases.append(Case((out.requires_grad_(True), target, grad), want, f"outputs of shape {shape}", mistakes))
     hint = "((out - target) ** 2 * g ** 2).sum(1).mean()"
-    return _run("fisher_local_loss", fn, cases, hint)
+    return _run("fisher_local_loss", fn, cases, hint, differentiable=True)
 
 
 def rounding_regularizer(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> bool:
@@ -49,8 +50,9 @@ def rounding_regularizer(fn: Callable[[torch.Tensor, float], torch.Tensor]) -> b
             ("the power applies to |2h - 1|, not to 1 - |2h - 1|", (1 - (2 * h - 1).abs()).pow(beta).sum()),
             ("beta is missing: 1 - |2h - 1|^beta", (1 - (2 * h - 1).abs()).sum()),
         ]
-        cases.append(Case((h, beta), want, f"beta {beta}", mistakes))
-    return _run("rounding_regularizer", fn, cases, "(1 - (2 * h - 1).abs() ** beta).sum()", rtol=1e-4, atol=1e-5)
+        cases.append(Case((h.detach().requires_grad_(True), beta), want, f"beta {beta}", mistakes))
+    hint = "(1 - (2 * h - 1).abs() ** beta).sum()"
+    return _run("rounding_regularizer", fn, cases, hint, rtol=1e-4, atol=1e-5, differentiable=True)
 
 
 RECON = recon.ReconSettings(iters=200, weight_lr=0.1)  # a learning rate that decides the rounding in 200 iterations
