@@ -33,10 +33,14 @@ ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
 
 
 def _entries(data: dict, key: str, fields: tuple[str, ...], where: Path) -> None:
-    """Every entry of ``data[key]`` is an object with ``fields``; else one error naming the first that is not."""
+    """Every entry of ``data[key]`` is an object with ``fields``, its ids (``id``, ``*_id``) integers; else one
+    error naming the first entry that is not."""
     for i, entry in enumerate(data[key]):
         if not isinstance(entry, dict) or not all(field in entry for field in fields):
             raise ValueError(f"{where}: {key}[{i}] needs the fields {', '.join(fields)}")
+        for field in (f for f in fields if f == "id" or f.endswith("_id")):
+            if not isinstance(entry[field], int) or isinstance(entry[field], bool):
+                raise ValueError(f"{where}: {key}[{i}] has {field} {entry[field]!r}; COCO ids are integers")
 
 
 def _is_box(bbox: object) -> bool:
@@ -50,9 +54,9 @@ def _is_box(bbox: object) -> bool:
 
 def check_instances(data: dict, where: Path) -> None:
     """The parts of a COCO instances file that evaluation reads, checked before any work starts (pycocotools
-    would fail on them only at the end of a run): every image, category and annotation has its fields,
-    every box is [x, y, width, height], every annotation's category is listed. One error names the first
-    entry that is not so."""
+    would fail on them only at the end of a run): every image, category and annotation has its fields, with
+    integer ids, every box is [x, y, width, height], every annotation's category is listed. One error names
+    the first entry that is not so."""
     for key, fields in (("images", IMAGE_FIELDS), ("categories", CATEGORY_FIELDS), ("annotations", ANNOTATION_FIELDS)):
         _entries(data, key, fields, where)
     categories = {category["id"] for category in data["categories"]}

@@ -204,19 +204,23 @@ def _student_notebook(path: Path, hints: bool = True) -> NotebookNode:
     for cell in nb.cells:
         cell.source = strip_solutions(cell.source, cell.cell_type)
     if not hints:
-        imports = next(c for c in nb.cells if c.cell_type == "code" and "from regptq_lite import" in c.source)
-        if not re.search(r"from regptq_lite import .*\bchecks\b", imports.source):
-            raise NotebookError(f"{path.name}: its imports cell does not import checks")
+        is_imports = (c for c in nb.cells if c.cell_type == "code" and "from regptq_lite import" in c.source)
+        imports = next(is_imports, None)
+        if imports is None or not re.search(r"from regptq_lite import .*\bchecks\b(?!\s+as\b)", imports.source):
+            raise NotebookError(f"{path.name}: no cell imports checks from regptq_lite (under that name)")
         imports.source = imports.source.rstrip() + "\n" + HINTS_OFF
     return nb
 
 
-def student_copy(path: Path, out: Path, hints: bool = True) -> Path:
-    """Write the student version of ``path`` (``_student_notebook``) to ``out``."""
+def _write_notebook(nb: NotebookNode, out: Path) -> Path:
     import nbformat
 
-    nb = _student_notebook(path, hints)
     return write_atomic(out, lambda tmp: nbformat.write(nb, str(tmp)))
+
+
+def student_copy(path: Path, out: Path, hints: bool = True) -> Path:
+    """Write the student version of ``path`` (``_student_notebook``) to ``out``."""
+    return _write_notebook(_student_notebook(path, hints), out)
 
 
 def holds_work(copy: Path, folder: Path = NOTEBOOKS_DIR) -> bool:
@@ -228,12 +232,16 @@ def holds_work(copy: Path, folder: Path = NOTEBOOKS_DIR) -> bool:
     master = folder / copy.name
     if not master.is_file():
         return False
-    sources = [cell.source for cell in nbformat.read(copy, as_version=4).cells]
+    try:
+        sources = [cell.source for cell in nbformat.read(copy, as_version=4).cells]
+    except (OSError, ValueError, nbformat.ValidationError):  # not a notebook nbformat can read: keep it too
+        return True
     fresh = ([cell.source for cell in _student_notebook(master, hints).cells] for hints in (True, False))
     return all(sources != cells for cells in fresh)
 
 
 def write_students(out_dir: Path, folder: Path = NOTEBOOKS_DIR, hints: bool = True) -> list[Path]:
-    """Student copies of every master notebook in ``out_dir``."""
+    """Student copies of every master notebook in ``out_dir``, all made before any is written."""
+    copies = [(_student_notebook(p, hints), out_dir / p.name) for p in notebooks(folder)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [student_copy(p, out_dir / p.name, hints) for p in notebooks(folder)]
+    return [_write_notebook(nb, out) for nb, out in copies]

@@ -8,10 +8,11 @@
   copies (notebooks with stubs, no solutions).
 - It replaces its own kind only with ``--force`` or where the README documents it: ``train`` rebuilding a
   shipped checkpoint, ``bench`` resuming or restarting its results, ``report`` and ``student`` rebuilding
-  their default folders.
+  their default folders (but ``student`` keeps a copy that holds a student's work without ``--force``).
 - Nothing is written into ``notebooks/``, ``data/`` or the package, but for those documented defaults.
 - The folder written into must exist and be writable; a missing output folder is made if its parent
-  exists (a documented default: with its parents).
+  exists (a documented default: with its parents). A link is written through (``write_atomic``), so its
+  target must be writable and outside the protected folders, and a link to nothing is refused.
 
 A path that breaks the rule raises ``OutputError``: on the command line, one line and exit code 2.
 """
@@ -128,23 +129,34 @@ def _same(path: Path, other: Path | None) -> bool:
     return other is not None and path.resolve() == Path(other).resolve()
 
 
+def _protected(path: Path) -> Path | None:
+    """The protected folder (``PROTECTED``) that ``path``, links resolved, is or lies in; None if none."""
+    resolved = path.resolve()
+    return next((folder for folder in PROTECTED if resolved == folder or folder in resolved.parents), None)
+
+
 def _refuse_protected(path: Path, option: str, allowed: Path | None = None) -> None:
     """Refuse a path in ``notebooks/``, ``data/`` or the package, unless it is the ``allowed`` one."""
-    if _same(path, allowed):
+    folder = None if _same(path, allowed) else _protected(path)
+    if folder is not None:
+        raise OutputError(f"{option} {path}: inside {folder.name}/ ({PROTECTED[folder]}); write somewhere else")
+
+
+def _refuse_bad_link(path: Path, where: str) -> None:
+    """Refuse a symbolic link that a write would go through wrongly (``write_atomic`` writes to its target): one
+    that points nowhere (the user's link would become a file), one from outside a protected folder into it, or
+    one whose target's folder has no write permission (found before the work, not after it)."""
+    if not path.is_symlink():
         return
-    resolved = path.resolve()
-    for folder, what in PROTECTED.items():
-        if resolved == folder or folder in resolved.parents:
-            raise OutputError(f"{option} {path}: inside {folder.name}/ ({what}); write somewhere else")
-
-
-def _refuse_broken_link(path: Path, where: str) -> None:
-    """Refuse a symbolic link that points nowhere: writing there would replace the user's link with a file."""
-    if path.is_symlink() and not path.exists():
+    if not path.exists():
         raise OutputError(f"{where} is a link to a missing {path.readlink()}; not replacing it")
+    target = _protected(path)
+    if target is not None and _protected(path.parent) != target:
+        raise OutputError(f"{where} is a link into {target.name}/ ({PROTECTED[target]}); not writing through it")
+    _writable(path.resolve().parent, f"{where} (a link to {path.resolve()})")
 
 
-def _writable(folder: Path, option: str, path: Path) -> None:
+def _writable(folder: Path, where: str) -> None:
     """Refuse a folder without write permission: read-only by its mode (which does not stop root, so the mode
     is read), or failing a trial write (another owner, a read-only file system)."""
     try:
@@ -155,7 +167,7 @@ def _writable(folder: Path, option: str, path: Path) -> None:
     except OSError:
         allowed = False
     if not allowed:
-        raise OutputError(f"{option} {path}: no permission to write in {folder}")
+        raise OutputError(f"{where}: no permission to write in {folder}")
 
 
 def _check_files(files: dict[Path, Recognise], kind: str, option: str, path: Path, replace: bool) -> None:
@@ -165,7 +177,7 @@ def _check_files(files: dict[Path, Recognise], kind: str, option: str, path: Pat
         return f"{option} {path}" if file == path else f"{option} {path}: {file.name}"
 
     for file, is_own in files.items():
-        _refuse_broken_link(file, where(file))
+        _refuse_bad_link(file, where(file))
         if file.is_dir():
             raise OutputError(f"{where(file)} is a folder, not {kind}")
         if file.exists() and not is_own(file):
@@ -186,7 +198,7 @@ def _check_file_output(
         raise OutputError(f"{option} {path}: {kind} is a {' or '.join(TORCH_SUFFIXES)} file")
     if not path.parent.is_dir():
         raise OutputError(f"{option} {path}: output folder does not exist: {path.parent}")
-    _writable(path.parent, option, path)
+    _writable(path.parent, f"{option} {path}")
 
 
 def _check_folder_output(folder: Path, option: str, default: Path, allowed: Path | None) -> bool:
@@ -194,15 +206,15 @@ def _check_folder_output(folder: Path, option: str, default: Path, allowed: Path
     Whether it is the documented ``default``."""
     documented = _same(folder, default)
     _refuse_protected(folder, option, allowed)
-    _refuse_broken_link(folder, f"{option} {folder}")
+    _refuse_bad_link(folder, f"{option} {folder}")
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{option} {folder} is a file, where a folder is needed")
     if folder.is_dir():
-        _writable(folder, option, folder)
+        _writable(folder, f"{option} {folder}")
     elif not documented:
         if not folder.parent.is_dir():
             raise OutputError(f"{option} {folder}: output folder does not exist: {folder.parent}")
-        _writable(folder.parent, option, folder)
+        _writable(folder.parent, f"{option} {folder}")
     return documented
 
 
@@ -248,8 +260,10 @@ def check_student_out(folder: Path, default: Path, force: bool = False) -> None:
     """``student --out``: a folder of student copies; one that holds a student's work (``holds_work``) is
     replaced only with ``--force``, in the default folder too."""
     _check_folder_of(folder, "a student copy", is_student_copy, force, default)
-    worked = [path for path in sorted(folder.glob("*.ipynb")) if holds_work(path)] if folder.is_dir() else []
-    if worked and not force:
+    if force or not folder.is_dir():
+        return
+    worked = [path for path in sorted(folder.glob("*.ipynb")) if holds_work(path)]
+    if worked:
         raise OutputError(
             f"--out {folder}: {worked[0].name} differs from a fresh copy (a student's work, or an older master's "
             "copy); --force replaces it"

@@ -12,6 +12,7 @@ import torch
 from cli_run import assert_clean_error, run_in_process
 from PIL import Image
 
+from regptq_lite import methods
 from regptq_lite.coco_eval import evaluate, to_coco_detections
 from regptq_lite.coco_folder import ANNOTATIONS, COCO_LABELS, IMAGES, CocoFolder, category_map
 from regptq_lite.detectors import CheckpointError, load_checkpoint, set_image_size
@@ -179,6 +180,8 @@ def _drop(entries: str, field: str) -> Callable[[dict], None]:
         (_set("annotations", "bbox", [1, 2, -3, 4]), "annotation 1 has bbox [1, 2, -3, 4]"),
         (_set("annotations", "bbox", ["1", 2, 3, 4]), "annotation 1 has bbox ['1', 2, 3, 4]"),
         (_set("annotations", "category_id", 7), "annotation 1 has category_id 7, which is not among the file's"),
+        (_set("annotations", "category_id", [1]), "annotations[0] has category_id [1]; COCO ids are integers"),
+        (_set("images", "id", "a.jpg"), "images[0] has id 'a.jpg'; COCO ids are integers"),
     ],
 )
 def test_a_malformed_instances_file_is_refused_when_the_folder_opens(tmp_path, coco_root, change, message):
@@ -197,7 +200,11 @@ def test_missing_images_are_refused_when_the_folder_opens_not_when_read(tmp_path
     assert len(CocoFolder(root, max_images=2)) == 2  # the images a run reads are all there
 
 
-def test_a_malformed_folder_is_one_line_before_the_detector_is_built(capsys, tmp_path, coco_root):
+def test_a_malformed_folder_is_one_line_before_the_detector_is_built(capsys, tmp_path, coco_root, monkeypatch):
+    def built(*args, **kwargs):
+        raise AssertionError("the detector was built before the folder was checked")
+
+    monkeypatch.setattr(methods, "load_detector", built)
     root = _broken_copy(tmp_path, coco_root, _drop("annotations", "area"))
     result = run_in_process(capsys, "eval", "--model", "retinanet_resnet50_fpn", "--weights", "random",
                             "--coco-root", root)  # fmt: skip

@@ -14,7 +14,15 @@ from nbgrader.api import Gradebook
 from nbgrader.nbgraderformat import MetadataValidator
 
 from regptq_lite.grading import annotate, grading_metadata
-from regptq_lite.notebooks_io import ANSWER_STUB, KERNEL, KERNEL_ARGS, notebooks, strip_solutions, student_copy
+from regptq_lite.notebooks_io import (
+    ANSWER_STUB,
+    KERNEL,
+    KERNEL_ARGS,
+    notebooks,
+    strip_solutions,
+    student_copy,
+    write_students,
+)
 
 SOLVED = "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"
 ANSWER = "**Answer.**\n### BEGIN SOLUTION\nThe error doubles.\n### END SOLUTION"
@@ -113,9 +121,19 @@ def test_student_copies_without_hints_turn_the_checks_hints_off_in_their_imports
     nbformat.write(
         nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("from regptq_lite import viz")]), no_checks
     )
-    with pytest.raises(NotebookError, match="07_example.ipynb: its imports cell does not import checks"):
-        student_copy(no_checks, tmp_path / "out.ipynb", hints=False)
+    renamed = tmp_path / "08_example.ipynb"
+    nbformat.write(
+        nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("from regptq_lite import checks as c")]), renamed
+    )
+    no_imports = tmp_path / "09_example.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Notes")]), no_imports)
+    for master in (no_checks, renamed, no_imports):
+        with pytest.raises(NotebookError, match=f"{master.name}: no cell imports checks from regptq_lite"):
+            student_copy(master, tmp_path / "out.ipynb", hints=False)
     assert not (tmp_path / "out.ipynb").exists()
+    with pytest.raises(NotebookError, match="07_example.ipynb"):  # 01-06 (copies above) are made, none written
+        write_students(tmp_path / "copies", folder=tmp_path, hints=False)
+    assert not (tmp_path / "copies").exists()
 
 
 def _nbgrader(course, *args: str) -> None:

@@ -15,7 +15,7 @@ import torch
 from cli_run import assert_clean_error, run_in_process
 
 from regptq_lite.cli import main
-from regptq_lite.detectors import CHECKPOINTS, DATA_DIR
+from regptq_lite.detectors import CHECKPOINTS, DATA_DIR, card_path
 from regptq_lite.notebooks_io import KERNEL, NOTEBOOKS_DIR, NotebookError, notebooks, plots, render
 from regptq_lite.offline_math import install_mathjax
 from regptq_lite.outputs import (
@@ -126,6 +126,27 @@ def _checkpoint(path: Path) -> Path:
     return path
 
 
+def test_a_link_beside_an_output_is_written_through_only_where_its_target_may_be_written(tmp_path):
+    out, card = tmp_path / "out" / "m.pt", tmp_path / "out" / "m.json"
+    out.parent.mkdir()
+    shipped = CHECKPOINTS["tiny_retinanet"]
+    card.symlink_to(card_path(shipped))  # train would overwrite the shipped card through it
+    with pytest.raises(OutputError, match=r"m\.json is a link into data/ \(the shipped data\); not writing through"):
+        check_checkpoint_out(out, shipped=shipped, force=True)
+    card.unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _checkpoint(elsewhere / "m.pt")
+    card.symlink_to(elsewhere / "m.json")
+    check_checkpoint_out(out, shipped=shipped, force=True)  # a card of the user's own, in a folder they may write
+    elsewhere.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match=f"m.json \\(a link to .*\\): no permission to write in {elsewhere}"):
+            check_checkpoint_out(out, shipped=shipped, force=True)
+    finally:
+        elsewhere.chmod(0o755)
+
+
 def test_file_outputs_replace_their_own_kind_only_with_force(tmp_path):
     export = tmp_path / "q.pt"
     torch.save({"layer": {"kind": "uniform", "wbits": 4, "abits": 4, "bias": None}}, export)
@@ -192,6 +213,17 @@ def test_the_default_student_folder_is_rebuilt_only_where_no_student_has_worked(
     with pytest.raises(OutputError, match=f"{copy.name} differs from a fresh copy .*; --force replaces it"):
         check_student_out(out, default=out)
     check_student_out(out, default=out, force=True)
+
+
+def test_a_damaged_student_copy_is_kept_without_force_and_replaced_with_it(tmp_path, capsys):
+    out = tmp_path / "student"
+    out.mkdir()
+    damaged = out / notebooks()[0].name
+    damaged.write_text('{"cells": [{"source": "# YOUR CODE HERE"}]}')  # a student copy by its text, not a notebook
+    with pytest.raises(OutputError, match=f"{damaged.name} differs from a fresh copy"):
+        check_student_out(out, default=out)  # even in the folder that student rebuilds without --force
+    assert main(["student", "--out", str(out), "--force"]) == 0
+    assert nbformat.read(damaged, as_version=4).cells
 
 
 def test_report_replaces_its_copy_of_mathjax_and_no_other_folder_of_that_name(tmp_path):

@@ -1,4 +1,7 @@
+import io
 import json
+import re
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -93,25 +96,41 @@ def test_mse_clip_is_the_best_grid_and_scale_sweep_finds_minima(regressor):
         assert min(r[key] for r in sweep["rows"]) == next(r[key] for r in sweep["rows"] if r["ratio"] == ratio)
 
 
-def test_toy_json_has_the_documented_fields(capsys):
-    assert main(["toy", "--json", "--draws", "2"]) == 0
-    out = json.loads(capsys.readouterr().out)
+@pytest.fixture(scope="module")
+def toy_json() -> dict:
+    """What ``toy --json --draws 2`` prints (seed 0)."""
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        assert main(["toy", "--json", "--draws", "2"]) == 0
+    return json.loads(printed.getvalue())
+
+
+def test_toy_json_has_the_documented_fields(toy_json):
+    out = toy_json
     for model in toy.TASKS:
         for kind in ("uniform", "gaussian"):
             rows = out["noise"][model][kind]
             assert [r[0] for r in rows] == out["sigmas"]
         assert set(out["scale"][model]) >= {"mse_opt", "task_opt"}
         assert isinstance(out["kurtosis"][model], float)
-    # README's table of the toy study quotes this output; the figures that do not depend on --draws must match it
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def test_the_readme_quotes_the_toy_output_where_it_does_not_depend_on_draws(toy_json):
+    out, readme = toy_json, (Path(__file__).parents[1] / "README.md").read_text()
 
     def quoted(row: str) -> list[list[float]]:
         line = next(line for line in readme.splitlines() if line.startswith(f"| {row}"))
         return [[float(v) for v in cell.split(" / ")] for cell in line.strip("|").split("|")[1:]]
 
+    def rank_corr(scale: dict) -> list[float]:
+        return [scale["rank_corr"][k] for k in ("weight_mse", "fisher", "hessian")]
+
     for column, model in enumerate(("regressor", "classifier")):
         scale = out["scale"][model]
         assert quoted("INT4 clip ratio")[column] == pytest.approx([scale["mse_opt"], scale["task_opt"]], abs=1e-9)
-        measured = [scale["rank_corr"][k] for k in ("weight_mse", "fisher", "hessian")]
-        assert quoted("rank correlation")[column] == pytest.approx(measured, abs=0.005)
+        assert quoted("rank correlation")[column] == pytest.approx(rank_corr(scale), abs=0.005)
         assert quoted("excess kurtosis")[column] == pytest.approx([out["kurtosis"][model]], abs=0.005)
+    l2 = re.search(r"An L2-trained regressor gives rank correlations ([\d. /-]+) \(seed 1: ([\d. /-]+)\)", readme)
+    seed1 = toy.scale_sweep(toy.train_task("regressor", 1, loss="l2"))
+    for text, scale in zip(l2.groups(), (out["scale"]["regressor_l2"], seed1)):
+        assert [float(v) for v in text.split(" / ")] == pytest.approx(rank_corr(scale), abs=0.005)

@@ -1,6 +1,14 @@
+import matplotlib.pyplot as plt
+import pytest
 import torch
 
-from regptq_lite import viz
+from regptq_lite import analysis, viz
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
 
 
 def test_the_levels_plot_draws_one_row_per_grid_first_on_top():
@@ -19,3 +27,14 @@ def test_the_unit_loss_plot_draws_the_run_and_its_two_references():
         "learned rounding, hard",
     ]
     assert ax.lines[1].get_ydata()[0] == 0.8 and ax.get_yscale() == "log"
+
+
+def test_the_regularizer_plot_draws_one_curve_per_beta_zero_at_decided_roundings():
+    curve = analysis.regularizer_curve(betas=(20, 2), points=11)
+    fig = viz.plot_regularizer_curve(curve)
+    lines = fig.axes[0].lines
+    assert [line.get_label() for line in lines] == ["beta = 20", "beta = 2"]
+    for line in lines:
+        h, values = line.get_xdata(), line.get_ydata()
+        assert len(h) == 11 and values[0] == pytest.approx(0, abs=1e-6) and values[-1] == pytest.approx(0, abs=1e-6)
+        assert values[5] == pytest.approx(1, abs=1e-6)  # h = 0.5, undecided: the largest penalty
