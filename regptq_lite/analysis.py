@@ -10,6 +10,7 @@
 - ``branch_quantization``: AP when only one branch of the head is quantized (naive, uniform), and
   ``branch_costs``: from those, the AP each branch costs on its own;
 - ``box_drift``: how far a quantized detector's boxes moved from the float detector's;
+- ``iou_step_removals``: what FGIC's IoU step removes beyond its confidence step, at several theta_I;
 - ``part_quantization``: where a calibrated detector loses its AP: each part (backbone, neck, class
   branch, box branch) quantized alone, and everything but that part quantized;
 - ``part_costs``: from those rows, the AP each part costs on its own and the AP leaving it float wins back;
@@ -29,6 +30,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from .coco_eval import evaluate
+from .fgic import THETA_C, filter_view
 from .llaq import PARAMS, LogAffineQuantizer, LogAffineTuner, llaq_of, psi
 from .observe import init_quantizers, layer_inputs
 from .qmodel import quant_layers, quantize_detector, set_quant
@@ -285,3 +287,20 @@ def regularizer_curve(betas: tuple[float, ...] = (20, 8, 2), points: int = 201) 
         beta: (h.tolist(), [LearnedRounding(value.reshape(1)).regularizer(beta).item() for value in h])
         for beta in betas
     }
+
+
+def iou_step_removals(
+    fp_model: nn.Module,
+    qmodel: nn.Module,
+    images: list[torch.Tensor],
+    theta_is: tuple[float, ...],
+    theta_c: float = THETA_C,
+) -> dict[float, float]:
+    """Per theta_I, the share of all anchors over ``images`` that pass FGIC's confidence step (theta_C) and
+    fail its IoU step (``fgic.filter_view``): what the IoU step removes."""
+    shares = {}
+    for theta_i in theta_is:
+        views = [filter_view(fp_model, qmodel, image, theta_c, theta_i) for image in images]
+        removed = sum(int((view["confident"] & ~view["keep"]).sum()) for view in views)
+        shares[theta_i] = removed / sum(view["keep"].numel() for view in views)
+    return shares

@@ -230,6 +230,11 @@ def qdrop_part_aps(result: dict) -> pd.DataFrame:
     return pd.concat(aps, axis=1, join="inner").sort_index()
 
 
+def _part_stats(ap: pd.Series) -> pd.Series:
+    """One cell's APs over seeds as n, mean, min, max (as ``seed_stats`` has them)."""
+    return ap.agg(["count", "mean", "min", "max"]).rename({"count": "n"})
+
+
 def qdrop_parts(result: dict) -> tuple[pd.DataFrame, list[int]]:
     """QDrop with and without each of Reg-PTQ's two parts at W2A4 (rows L_G, columns the head's weight
     quantizer): AP as mean (min-max) over the seeds at which all four ran, and those seeds."""
@@ -238,23 +243,29 @@ def qdrop_parts(result: dict) -> tuple[pd.DataFrame, list[int]]:
         index=pd.Index(["no L_G", "with L_G"], name="QDrop"), columns=["uniform head", "LLAQ head"], dtype=object
     )
     for (loss, head), ap in aps.items():
-        stats = ap.agg(["count", "mean", "min", "max"]).rename({"count": "n"})  # as ``seed_stats`` has them
-        grid.loc[loss, head] = _cell(stats) if len(ap) else "-"
+        grid.loc[loss, head] = _cell(_part_stats(ap)) if len(ap) else "-"
     return grid, aps.index.tolist()
 
 
 def qdrop_parts_sentence(result: dict) -> str | None:
-    """What each of Reg-PTQ's two parts does to QDrop's mean AP (``qdrop_parts``), or None before all four ran."""
+    """What each of Reg-PTQ's two parts does to QDrop's mean AP (``qdrop_parts``), each change with its
+    ``verdict`` against the seed spread, or None before all four ran."""
     aps = qdrop_part_aps(result)
     if aps.empty:
         return None
-    mean = aps.mean()
+    stats = {cell: _part_stats(aps[cell]) for cell in aps.columns}
+
+    def change(to: tuple[str, str], start: tuple[str, str]) -> str:
+        judged = verdict(stats[to], stats[start])
+        judged = "beyond the seed spread" if judged in ("lead", "behind") else judged
+        return f"{stats[to]['mean'] - stats[start]['mean']:+.1f} ({judged})"
+
     return (
         f"Reg-PTQ's parts on QDrop (W2A4, seeds {', '.join(map(str, aps.index))}): L_G moves AP by "
-        f"{mean[('with L_G', 'uniform head')] - mean[('no L_G', 'uniform head')]:+.1f} with a uniform head and "
-        f"{mean[('with L_G', 'LLAQ head')] - mean[('no L_G', 'LLAQ head')]:+.1f} with LLAQ; LLAQ on the head by "
-        f"{mean[('no L_G', 'LLAQ head')] - mean[('no L_G', 'uniform head')]:+.1f} without L_G and "
-        f"{mean[('with L_G', 'LLAQ head')] - mean[('with L_G', 'uniform head')]:+.1f} with it."
+        f"{change(('with L_G', 'uniform head'), ('no L_G', 'uniform head'))} with a uniform head and "
+        f"{change(('with L_G', 'LLAQ head'), ('no L_G', 'LLAQ head'))} with LLAQ; LLAQ on the head by "
+        f"{change(('no L_G', 'LLAQ head'), ('no L_G', 'uniform head'))} without L_G and "
+        f"{change(('with L_G', 'LLAQ head'), ('with L_G', 'uniform head'))} with it."
     )
 
 
@@ -583,7 +594,10 @@ def findings(result: dict) -> list[str]:
                               for m, s in curve.columns)  # fmt: skip
             out.append(f"The budget curve fixed {budget} iterations per unit: doubling to {later[0]} gains {gains} AP.")
         else:
-            out.append(f"The budget curve found no doubling that gains less than 0.5 AP: the budget is {budget}.")
+            out.append(
+                f"The budget curve found no budget from which doubling gains less than 0.5 AP in all of its series at "
+                f"once: the budget is {budget}, its largest."
+            )
     elif not curve.empty:
         gains = [f"{m} {s} {curve[(m, s)].dropna().index[-2]}->{curve[(m, s)].dropna().index[-1]} "
                  f"{curve[(m, s)].dropna().diff().iloc[-1]:+.1f}"

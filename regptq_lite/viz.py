@@ -245,13 +245,20 @@ def plot_unit_losses(losses: list[float], nearest: float, learned: float, title:
 
 
 def plot_filter(
-    image, fp_boxes: torch.Tensor, q_boxes: torch.Tensor, confident: torch.Tensor, keep: torch.Tensor
+    image,
+    fp_boxes: torch.Tensor,
+    q_boxes: torch.Tensor,
+    confident: torch.Tensor,
+    keep: torch.Tensor,
+    theta_i: float | None = None,
 ) -> plt.Figure:
-    """FGIC's filter on one image (boxes in pixels): confident pairs it keeps vs confident pairs it drops."""
+    """FGIC's filter on one image (boxes in pixels): confident pairs it keeps vs confident pairs it drops
+    (at ``theta_i``, named in the titles when given)."""
     fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.6))
+    threshold = "theta_I" if theta_i is None else f"theta_I = {theta_i:g}"
     for ax, mask, title in (
-        (axes[0], keep, "kept: confident and IoU >= theta_I"),
-        (axes[1], confident & ~keep, "dropped: confident, IoU < theta_I"),
+        (axes[0], keep, f"kept: confident and IoU >= {threshold}"),
+        (axes[1], confident & ~keep, f"dropped: confident, IoU < {threshold}"),
     ):
         ax.imshow(image, extent=(0, image.shape[1], image.shape[0], 0))
         draw_boxes(ax, fp_boxes[mask], [0] * int(mask.sum()), colour="white", dashed=True, captions=False)

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -177,3 +179,13 @@ def test_the_regularizer_curve_is_the_roundings_own_regularizer_zero_at_the_ends
     assert h == pytest.approx([0, 0.25, 0.5, 0.75, 1])
     assert values == pytest.approx([0, 0.75, 1, 0.75, 0], abs=1e-5)  # 1 - |2h - 1|^2
     assert all(high >= low for high, low in zip(curve[20][1], values))  # a larger beta: flatter, higher
+
+
+def test_the_iou_step_removes_nothing_from_a_copy_and_more_the_stricter_it_is(fp_model):
+    images = SceneSet("val", size=2).images()
+    assert analysis.iou_step_removals(fp_model, fp_model, images, (0.1, 0.99)) == {0.1: 0.0, 0.99: 0.0}
+    moved = copy.deepcopy(fp_model)
+    with torch.no_grad():
+        moved.head.regression_head.bbox_reg.bias += 0.5  # every box shifts and grows: IoU with its twin falls
+    shares = analysis.iou_step_removals(fp_model, moved, images, (0.0, 0.3, 0.99))
+    assert shares[0.0] == 0 and shares[0.3] <= shares[0.99] and 0.5 < shares[0.99] <= 1

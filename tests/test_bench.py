@@ -323,8 +323,19 @@ def test_reg_ptqs_two_parts_on_qdrop_over_the_seeds_all_four_cells_share():
         and grid.loc["with L_G", "LLAQ head"] == "64.7 (64.2-65.2)"
     )
     sentence = [line for line in findings(result) if "parts on QDrop" in line]
-    assert sentence == ["Reg-PTQ's parts on QDrop (W2A4, seeds 0, 1): L_G moves AP by +0.5 with a uniform head and "
-                        "+0.2 with LLAQ; LLAQ on the head by -1.0 without L_G and -1.3 with it."]  # fmt: skip
+    assert sentence == ["Reg-PTQ's parts on QDrop (W2A4, seeds 0, 1): L_G moves AP by +0.5 (not enough seeds) with a "
+                        "uniform head and +0.2 (not enough seeds) with LLAQ; LLAQ on the head by -1.0 (not enough "
+                        "seeds) without L_G and -1.3 (not enough seeds) with it."]  # fmt: skip
+    tight = [_run("methods", "qdrop", 2, 4, s, 65.0 + 0.1 * s) for s in range(3)]
+    tight += [_run("ablation", "QDrop + L_G (uniform head)", 2, 4, s, 65.5 + 0.1 * s) for s in range(3)]
+    tight += [_run("ablation", "QDrop + LLAQ head (no L_G)", 2, 4, s, ap) for s, ap in enumerate((65.0, 65.1, 65.3))]
+    tight += [_run("ablation", "on QDrop's loss and drop", 2, 4, s, 64.0 + 0.1 * s) for s in range(3)]
+    # spreads 0.2 or 0.3: +0.5 and -1.0 are beyond them, +0.0 within
+    assert qdrop_parts_sentence(_result(tight)) == (
+        "Reg-PTQ's parts on QDrop (W2A4, seeds 0, 1, 2): L_G moves AP by +0.5 (beyond the seed spread) with a "
+        "uniform head and -1.0 (beyond the seed spread) with LLAQ; LLAQ on the head by +0.0 (within the seed "
+        "spread) without L_G and -1.5 (beyond the seed spread) with it."
+    )
     assert "| with L_G | 66.0 (65.5-66.5) | 64.7 (64.2-65.2) |" in markdown(result)
     assert qdrop_parts(_result(runs[:3]))[1] == []  # no QDrop row ran with Reg-PTQ's parts: no seeds, no finding
     assert qdrop_parts_sentence(_result(runs[:3])) is None and sentence == [qdrop_parts_sentence(result)]

@@ -1,4 +1,5 @@
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 
@@ -38,3 +39,12 @@ def test_the_regularizer_plot_draws_one_curve_per_beta_zero_at_decided_roundings
         h, values = line.get_xdata(), line.get_ydata()
         assert len(h) == 11 and values[0] == pytest.approx(0, abs=1e-6) and values[-1] == pytest.approx(0, abs=1e-6)
         assert values[5] == pytest.approx(1, abs=1e-6)  # h = 0.5, undecided: the largest penalty
+
+
+def test_the_filter_plot_names_its_iou_threshold_when_given():
+    image = np.zeros((32, 32, 3))
+    boxes = torch.tensor([[2.0, 2.0, 10.0, 10.0], [5.0, 5.0, 20.0, 20.0]])
+    keep, confident = torch.tensor([True, False]), torch.tensor([True, True])
+    titles = [ax.get_title() for ax in viz.plot_filter(image, boxes, boxes + 1, confident, keep, 0.7).axes]
+    assert titles == ["kept: confident and IoU >= theta_I = 0.7 (1)", "dropped: confident, IoU < theta_I = 0.7 (1)"]
+    assert "IoU < theta_I (1)" in viz.plot_filter(image, boxes, boxes, confident, keep).axes[1].get_title()
