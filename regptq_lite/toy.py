@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -267,6 +268,16 @@ def excess_kurtosis(x: torch.Tensor) -> float:
     x = x.flatten().double()
     z = (x - x.mean()) / x.std()
     return float(z.pow(4).mean() - 3)
+
+
+def rectified_gaussian_kurtosis() -> float:
+    """Excess kurtosis of max(0, Z), Z ~ N(0, 1): what a ReLU makes of Gaussian pre-activations (about 2.41), the
+    reference for a post-ReLU activation's tails. From the raw moments E[X^k] of the half-normal part."""
+    phi = 1 / math.sqrt(2 * math.pi)  # E[X]; E[X^2] = 1/2, E[X^3] = 2 phi, E[X^4] = 3/2
+    m1, m2, m3, m4 = phi, 0.5, 2 * phi, 1.5
+    var = m2 - m1**2
+    fourth = m4 - 4 * m1 * m3 + 6 * m1**2 * m2 - 3 * m1**4
+    return fourth / var**2 - 3
 
 
 def fit_laws(x: torch.Tensor) -> dict[str, float]:

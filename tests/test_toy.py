@@ -134,3 +134,9 @@ def test_the_readme_quotes_the_toy_output_where_it_does_not_depend_on_draws(toy_
     seed1 = toy.scale_sweep(toy.train_task("regressor", 1, loss="l2"))
     for text, scale in zip(l2.groups(), (out["scale"]["regressor_l2"], seed1)):
         assert [float(v) for v in text.split(" / ")] == pytest.approx(rank_corr(scale), abs=0.005)
+
+
+def test_the_rectified_gaussian_kurtosis_matches_a_sample():
+    z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0))
+    assert toy.rectified_gaussian_kurtosis() == pytest.approx(toy.excess_kurtosis(torch.relu(z)), abs=0.05)
+    assert 2.3 < toy.rectified_gaussian_kurtosis() < 2.5
