@@ -331,6 +331,30 @@ def noise_table(tasks: dict[str, ToyTask], sigmas: tuple[float, ...] = SIGMAS, d
     }
 
 
+def noise_margins(noise: dict, tasks: dict[str, ToyTask]) -> dict[str, list[float]]:
+    """Per kind of noise (uniform, gaussian) of ``noise_table``, at each s > 0: the regressor's share of its task
+    lost minus the classifier's, each divided by what a constant prediction scores (``ToyTask.constant_error``);
+    positive where the regressor loses more."""
+    scale = {name: 1 / tasks[name].constant_error() for name in ("regressor", "classifier")}
+    return {
+        kind: [
+            r * scale["regressor"] - c * scale["classifier"]
+            for (s, r), (_, c) in zip(noise["regressor"][kind], noise["classifier"][kind])
+            if s > 0
+        ]
+        for kind in ("uniform", "gaussian")
+    }
+
+
+def noise_order(noise: dict) -> dict[str, dict[float, bool]]:
+    """Per task of ``noise_table``, at each s > 0: whether uniform noise of the Gaussian's standard deviation
+    (``uniform_same_std``) hurts more than the Gaussian."""
+    return {
+        task: {s: u > g for (s, u), (_, g) in zip(table["uniform_same_std"], table["gaussian"]) if s > 0}
+        for task, table in noise.items()
+    }
+
+
 def summary(seed: int = 0, draws: int = 20) -> dict:
     """The headline figures of the toy study, as printed by ``python -m regptq_lite toy --json``.
 

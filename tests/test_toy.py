@@ -140,3 +140,19 @@ def test_the_rectified_gaussian_kurtosis_matches_a_sample():
     z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0))
     assert toy.rectified_gaussian_kurtosis() == pytest.approx(toy.excess_kurtosis(torch.relu(z)), abs=0.05)
     assert 2.3 < toy.rectified_gaussian_kurtosis() < 2.5
+
+
+def test_noise_margins_and_order_read_the_noise_table_against_a_constant(regressor):
+    classifier = toy.train_task("classifier", seed=0, epochs=60)
+    tasks = {"regressor": regressor, "classifier": classifier}
+    noise = {  # a hand-made table: s = 0 is left out of both
+        "regressor": {"uniform": [[0, 0.0], [0.1, 0.5]], "gaussian": [[0, 0.0], [0.1, 0.2]],
+                      "uniform_same_std": [[0, 0.0], [0.1, 0.3]]},
+        "classifier": {"uniform": [[0, 0.0], [0.1, 0.4]], "gaussian": [[0, 0.0], [0.1, 0.1]],
+                       "uniform_same_std": [[0, 0.0], [0.1, 0.05]]},
+    }  # fmt: skip
+    constant = classifier.constant_error()
+    margins = toy.noise_margins(noise, tasks)
+    assert margins["uniform"] == pytest.approx([0.5 - 0.4 / constant])
+    assert margins["gaussian"] == pytest.approx([0.2 - 0.1 / constant])
+    assert toy.noise_order(noise) == {"regressor": {0.1: True}, "classifier": {0.1: False}}
