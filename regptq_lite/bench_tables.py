@@ -208,6 +208,16 @@ def step_size_distance(steps: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["method", "lr x iters"]).sort_index().dropna(how="all")
 
 
+def steps_gain_at_longest(distance: pd.DataFrame) -> tuple[float, pd.Series] | None:
+    """From ``step_size_distance``: the largest lr x iterations at which 4x the steps ran, and per method the AP
+    they add there (does the count of steps still matter where the roundings have moved furthest?); None if none."""
+    gains = distance["4x the steps"].dropna() if "4x the steps" in distance else pd.Series(dtype=float)
+    if gains.empty:
+        return None
+    longest = gains.index.get_level_values("lr x iters").max()
+    return longest, gains.xs(longest, level="lr x iters")
+
+
 def ablation_table(result: dict) -> pd.DataFrame:
     """Reg-PTQ with parts changed: n, mean, min, max and the verdict against full Reg-PTQ."""
     stats = seed_stats(runs_frame(result), "ablation").set_index("row").reindex(list(ABLATION)).dropna(how="all")

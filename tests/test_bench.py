@@ -53,6 +53,7 @@ from regptq_lite.bench_tables import (
     seconds_left,
     step_size_distance,
     step_size_table,
+    steps_gain_at_longest,
     still_to_run,
     timing,
     unit_seconds,
@@ -278,6 +279,10 @@ def test_step_size_distance_sets_4x_the_steps_beside_4x_the_step_from_the_same_p
     assert distance["4x the steps"].isna().tolist() == [True, False]
     assert distance.loc[("brecq", 2.0), "4x the steps"] == 1.0
     assert step_size_distance(step_size_table(_result([]))).empty
+    longest, gains = steps_gain_at_longest(distance)
+    assert longest == 2.0 and gains.to_dict() == {"brecq": 1.0}
+    assert steps_gain_at_longest(distance.drop(index=("brecq", 2.0))) is None  # 4x the steps ran nowhere
+    assert steps_gain_at_longest(pd.DataFrame()) is None
 
 
 def test_ablation_and_filter_tables():
