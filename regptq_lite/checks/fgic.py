@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .. import fgic
 from ..fgic import THETA_C, THETA_I, box_filter, paired_iou
-from .core import Case, _call, _fail, _passed, _require_gradient, _verdict
+from .core import Case, _call, _fail, _passed, _run, _verdict
 
 
 def filter_mask(fn: Callable[..., torch.Tensor]) -> bool:
@@ -85,7 +85,6 @@ def global_loss(fn: Callable[..., torch.Tensor]) -> bool:
     """``fn(fp_logits, q_logits, fp_boxes, q_boxes, theta_c, theta_i)``: FGIC's global loss
     L_G = (1/n) sum_i [ sum_c (BCE(q_logit, p) - BCE(fp_logit, p)) + |b_i - b^_i|_1 I_HC,i I_HI,i ], p = sigmoid(fp),
     n the number of anchors, the filter on the FP confidence (``fgic.global_loss`` with lambda = 1)."""
-    name = "global_loss"
     fp_logits, q_logits, fp_boxes, q_boxes = _global_inputs()
     q_logits.requires_grad_(True)  # the loss must reach the quantized outputs
     q_boxes.requires_grad_(True)
@@ -93,6 +92,7 @@ def global_loss(fn: Callable[..., torch.Tensor]) -> bool:
     fp_probs = torch.sigmoid(fp_logits)
     at_fp = F.binary_cross_entropy_with_logits(fp_logits, fp_probs, reduction="sum").item() / n
     hint = "per anchor: sum over classes of BCE(q, p) - BCE(fp, p), plus the filtered L1 box distance; divide by n."
+    cases = []
     for tc, ti in ((THETA_C, THETA_I), (0.3, 0.5)):
         want, stats = fgic.global_loss(fp_logits, q_logits, fp_boxes, q_boxes, tc, ti)
         cls, box, kept = stats["cls"], stats["box"], stats["kept"]
@@ -117,8 +117,5 @@ def global_loss(fn: Callable[..., torch.Tensor]) -> bool:
             ("the class term is averaged over classes; sum it over classes, then divide by n", cls / classes + box),
         ]
         args = (fp_logits, q_logits, fp_boxes, q_boxes, tc, ti)
-        what = f"theta_C {tc}, theta_I {ti}"
-        got = _call(name, fn, *args)
-        _verdict(name, got, Case(args, want, what, mistakes), hint, 1e-4, 1e-7)
-        _require_gradient(name, what, got)
-    return _passed(name)
+        cases.append(Case(args, want, f"theta_C {tc}, theta_I {ti}", mistakes))
+    return _run("global_loss", fn, cases, hint, rtol=1e-4, atol=1e-7, differentiable=True)
