@@ -30,7 +30,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from .coco_eval import evaluate
-from .fgic import THETA_C, filter_view
+from .fgic import THETA_C, filter_view, paired_iou
 from .llaq import PARAMS, LogAffineQuantizer, LogAffineTuner, llaq_of, psi
 from .observe import init_quantizers, layer_inputs
 from .qmodel import quant_layers, quantize_detector, set_quant
@@ -297,10 +297,12 @@ def iou_step_removals(
     theta_c: float = THETA_C,
 ) -> dict[float, float]:
     """Per theta_I, the share of all anchors over ``images`` that pass FGIC's confidence step (theta_C) and
-    fail its IoU step (``fgic.filter_view``): what the IoU step removes."""
-    shares = {}
-    for theta_i in theta_is:
-        views = [filter_view(fp_model, qmodel, image, theta_c, theta_i) for image in images]
-        removed = sum(int((view["confident"] & ~view["keep"]).sum()) for view in views)
-        shares[theta_i] = removed / sum(view["keep"].numel() for view in views)
-    return shares
+    fail its IoU step: what the IoU step removes. Each image runs through both models once (``fgic.filter_view``);
+    the IoU of each anchor's pair is then held against every theta_I."""
+    views = [filter_view(fp_model, qmodel, image, theta_c) for image in images]
+    ious = [paired_iou(view["fp_boxes"], view["q_boxes"]) for view in views]
+    anchors = sum(len(iou) for iou in ious)
+    return {
+        theta_i: sum(int((view["confident"] & ~(iou >= theta_i)).sum()) for view, iou in zip(views, ious)) / anchors
+        for theta_i in theta_is
+    }
