@@ -153,7 +153,8 @@ def box_drift(
     """How far the quantized detector's boxes moved, over detections scoring at least ``score_thresh``.
 
     Each FP detection is paired with the quantized detection of the same class on the same image that overlaps
-    it most; it is ``found`` when that IoU is at least ``match_iou`` (a hit for AP50). Returns the two counts of
+    it most; it is ``found`` when that IoU is at least ``match_iou`` (close to an AP50 hit, though COCO pairs
+    boxes one to one and here two FP boxes may pair with one quantized box). Returns the two counts of
     detections, the share of FP detections found, and over the found pairs their mean IoU and the mean
     distance of their four edges in pixels (``edge_shift``); nan where nothing was found."""
     ious, shifts, counts = [], [], {"fp_detections": 0, "detections": 0}
