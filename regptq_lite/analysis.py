@@ -147,8 +147,11 @@ def branch_costs(
     }
 
 
+DRIFT_SCORE, DRIFT_IOU = 0.5, 0.5  # ``box_drift``'s defaults: the detections it counts, the IoU that finds a pair
+
+
 def box_drift(
-    fp_outputs: list[dict], q_outputs: list[dict], score_thresh: float = 0.5, match_iou: float = 0.5
+    fp_outputs: list[dict], q_outputs: list[dict], score_thresh: float = DRIFT_SCORE, match_iou: float = DRIFT_IOU
 ) -> dict[str, float]:
     """How far the quantized detector's boxes moved, over detections scoring at least ``score_thresh``.
 
