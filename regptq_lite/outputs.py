@@ -145,7 +145,8 @@ def _refuse_protected(path: Path, option: str, allowed: Path | None = None) -> N
 def _refuse_bad_link(path: Path, where: str) -> None:
     """Refuse a symbolic link that a write would go through wrongly (``write_atomic`` writes to its target): one
     that points nowhere (the user's link would become a file), one from outside a protected folder into it, or
-    one whose target's folder has no write permission (found before the work, not after it)."""
+    a link to a file whose folder has no write permission (found before the work, not after it). A link to a
+    folder is written into, not replaced: its target's own permission is checked where the folder is."""
     if not path.is_symlink():
         return
     if not path.exists():
@@ -153,7 +154,8 @@ def _refuse_bad_link(path: Path, where: str) -> None:
     target = _protected(path)
     if target is not None and _protected(path.parent) != target:
         raise OutputError(f"{where} is a link into {target.name}/ ({PROTECTED[target]}); not writing through it")
-    _writable(path.resolve().parent, f"{where} (a link to {path.resolve()})")
+    if not path.is_dir():
+        _writable(path.resolve().parent, f"{where} (a link to {path.resolve()})")
 
 
 def _writable(folder: Path, where: str) -> None:

@@ -147,6 +147,23 @@ def test_a_link_beside_an_output_is_written_through_only_where_its_target_may_be
         elsewhere.chmod(0o755)
 
 
+def test_a_link_to_a_folder_is_written_into_where_that_folder_may_be_written(tmp_path):
+    shelf = tmp_path / "shelf"
+    target = shelf / "results"
+    target.mkdir(parents=True)
+    link = tmp_path / "results"
+    link.symlink_to(target)
+    shelf.chmod(0o555)  # the target's parent is read-only; the target itself is not
+    try:
+        check_bench_out(link, "bench.json", default=tmp_path / "default")
+        target.chmod(0o555)
+        with pytest.raises(OutputError, match=f"no permission to write in {link}"):
+            check_bench_out(link, "bench.json", default=tmp_path / "default")
+    finally:
+        target.chmod(0o755)
+        shelf.chmod(0o755)
+
+
 def test_file_outputs_replace_their_own_kind_only_with_force(tmp_path):
     export = tmp_path / "q.pt"
     torch.save({"layer": {"kind": "uniform", "wbits": 4, "abits": 4, "bias": None}}, export)
